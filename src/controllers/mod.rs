@@ -1,0 +1,3 @@
+//! The Kubernetes controllers (`ZfsImageBuild`, `Promotion`) and the status logic they share.
+
+pub mod conditions;

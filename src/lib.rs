@@ -1,0 +1,18 @@
+//! kinoite-zfs-operator: a Kubernetes operator running a safe release pipeline for ZFS on
+//! Fedora Kinoite.
+//!
+//! Layout (see `docs/architecture.md`):
+//! - [`api`]: the custom resources, source of truth for the CRDs;
+//! - [`registry`]: all OCI registry I/O;
+//! - [`pipeline`]: the pipeline logic (resolution, cache decision, verification, promotion);
+//! - [`jobs`]: rendering of builder Jobs;
+//! - [`controllers`]: the Kubernetes controllers;
+//! - [`cli`]: the command line, the same code paths for scripts and runbooks.
+
+pub mod api;
+pub mod cli;
+pub mod controllers;
+pub mod jobs;
+pub mod pipeline;
+pub mod registry;
+pub mod tls;

@@ -1,0 +1,5 @@
+//! Pipeline logic shared by the controllers and the command line: input resolution, the akmods
+//! cache decision, candidate verification and promotion steps. Pure decisions live here; all
+//! registry I/O goes through [`crate::registry`].
+
+pub mod kernels;

@@ -1,0 +1,8 @@
+//! Integration tests: one test binary (one link step) with a module per area.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod crds;
+mod examples;
+mod registry_fixture;
