@@ -1,5 +1,6 @@
 //! The command line: one binary, the same code paths the controllers use.
 
+pub mod common;
 mod crd;
 
 use std::error::Error as StdError;
@@ -57,7 +58,8 @@ pub fn init_logging(cli: &Cli) {
     };
 }
 
-pub fn run(cli: Cli) -> Result<ExitCode, Error> {
+/// Runs a parsed command line. Subcommands that talk to registries or the cluster are async.
+pub async fn run(cli: Cli) -> Result<ExitCode, Error> {
     match cli.command {
         Command::Crd(args) => crd::run(&args),
     }
