@@ -6,3 +6,4 @@ mod support;
 mod crds;
 mod examples;
 mod registry_fixture;
+mod registry_layer;
