@@ -3,3 +3,4 @@
 //! registry I/O goes through [`crate::registry`].
 
 pub mod kernels;
+pub mod layers;

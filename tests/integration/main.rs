@@ -5,5 +5,6 @@ mod support;
 
 mod crds;
 mod examples;
+mod layer_walker;
 mod registry_fixture;
 mod registry_layer;

@@ -1,0 +1,603 @@
+//! The layer walker: streams an image's layers (`tar`, `tar+gzip`, `tar+zstd`; OCI and Docker
+//! media types) in manifest order, reads only the tar headers, and builds the merged filesystem
+//! view of the paths a caller is interested in. Nothing is written to disk and only entries
+//! matching the interest are kept, so memory stays bounded whatever the image size.
+//!
+//! Merge rules (OCI image spec "applying changesets"; fixes hazard H9):
+//! - `.wh.NAME` removes `NAME` and everything below it from the *lower* layers;
+//! - `.wh..wh..opq` in `DIR` hides the lower layers' contents of `DIR` (never entries of the
+//!   same layer, whatever their order in the tar);
+//! - a non-directory entry replaces whatever the lower layers had at that path, subtree included;
+//! - regular files, hard links and symlinks are all "present" (OSTree images use absolute link
+//!   targets, which are recorded, never followed);
+//! - every entry implies its parent directories exist.
+//!
+//! Callers (each a few lines): kernel discovery keeps `(usr/)?lib/modules/<release>` directories,
+//! the akmods cache scan keeps `rpms/kmods/zfs/kmod-zfs-*.rpm`, candidate verification keeps the
+//! `zfs`/`zpool` commands and `zfs.ko*` module paths. A caller that knows the base image's layers
+//! passes only the layers on top of them.
+
+use std::collections::BTreeMap;
+use std::io::{self, BufReader, Read};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt;
+use tokio_util::io::{StreamReader, SyncIoBridge};
+
+use crate::registry::{self, ImageRef, OciDescriptor, RegistryClient};
+
+/// Errors of a layer scan.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Reading a layer from the registry failed (classified; includes digest mismatches).
+    #[error(transparent)]
+    Registry(#[from] registry::Error),
+    #[error(
+        "layer {digest} has unsupported media type {media_type:?} (expected an OCI or Docker tar, tar+gzip or tar+zstd layer)"
+    )]
+    MediaType { digest: String, media_type: String },
+    #[error("layer {digest} is malformed or truncated: {detail}")]
+    Malformed { digest: String, detail: String },
+    #[error("scan of layer {digest} stopped unexpectedly: {detail}")]
+    Task { digest: String, detail: String },
+}
+
+/// Layer compression, from the layer's media type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+impl Compression {
+    /// The compression of a layer media type; `None` for media types that are not tar layers.
+    pub fn from_media_type(media_type: &str) -> Option<Compression> {
+        match media_type {
+            "application/vnd.oci.image.layer.v1.tar"
+            | "application/vnd.oci.image.layer.nondistributable.v1.tar"
+            | "application/vnd.docker.image.rootfs.diff.tar" => Some(Compression::None),
+            "application/vnd.oci.image.layer.v1.tar+gzip"
+            | "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
+            | "application/vnd.docker.image.rootfs.diff.tar.gzip"
+            | "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" => Some(Compression::Gzip),
+            "application/vnd.oci.image.layer.v1.tar+zstd"
+            | "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd"
+            | "application/vnd.docker.image.rootfs.diff.tar.zstd" => Some(Compression::Zstd),
+            _ => None,
+        }
+    }
+}
+
+/// What a path is in the merged view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryKind {
+    File,
+    Directory,
+    HardLink {
+        target: String,
+    },
+    Symlink {
+        target: String,
+    },
+    /// Device, FIFO and other special files.
+    Other,
+}
+
+impl EntryKind {
+    /// Files, hard links and symlinks: what counts as "present" for payload checks.
+    pub fn is_payload(&self) -> bool {
+        matches!(self, EntryKind::File | EntryKind::HardLink { .. } | EntryKind::Symlink { .. })
+    }
+}
+
+/// The merged view of the interesting paths after all scanned layers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MergedView {
+    entries: BTreeMap<String, EntryKind>,
+    bytes_read: u64,
+    layers_scanned: usize,
+    entries_seen: u64,
+}
+
+impl MergedView {
+    /// The entry at a normalized path (`usr/bin/zfs`), if it survived the merge.
+    pub fn get(&self, path: &str) -> Option<&EntryKind> {
+        self.entries.get(path)
+    }
+
+    /// Whether `path` is a file, hard link or symlink.
+    pub fn has_payload(&self, path: &str) -> bool {
+        self.get(path).is_some_and(EntryKind::is_payload)
+    }
+
+    /// Whether `path` is a directory (explicit or implied by an entry below it).
+    pub fn is_dir(&self, path: &str) -> bool {
+        self.get(path) == Some(&EntryKind::Directory)
+    }
+
+    /// Every kept entry, in path order.
+    pub fn entries(&self) -> impl Iterator<Item = (&str, &EntryKind)> {
+        self.entries.iter().map(|(p, k)| (p.as_str(), k))
+    }
+
+    /// Paths that are files, hard links or symlinks.
+    pub fn payload_paths(&self) -> impl Iterator<Item = &str> {
+        self.entries().filter(|(_, k)| k.is_payload()).map(|(p, _)| p)
+    }
+
+    /// Paths that are directories.
+    pub fn directories(&self) -> impl Iterator<Item = &str> {
+        self.entries().filter(|(_, k)| **k == EntryKind::Directory).map(|(p, _)| p)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Compressed bytes downloaded (what a delta-only scan keeps small).
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes_read
+    }
+
+    pub fn layers_scanned(&self) -> usize {
+        self.layers_scanned
+    }
+
+    /// Tar entries read, over all layers (whiteouts included).
+    pub fn entries_seen(&self) -> u64 {
+        self.entries_seen
+    }
+}
+
+/// Which normalized paths a scan keeps. Called for every entry path and its parent directories.
+pub type Interest = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// Largest zstd window accepted (32 MiB): the decoder allocates the window a frame declares, so
+/// this bounds memory; layers written by podman/buildah use far smaller windows.
+const ZSTD_WINDOW_LOG_MAX: u32 = 25;
+
+/// The merge state, fed one layer at a time (pure, synchronous; the async driver is
+/// [`scan_layers`]).
+pub struct LayerMerger {
+    interest: Interest,
+    lower: BTreeMap<String, EntryKind>,
+    layers: usize,
+    entries_seen: u64,
+}
+
+impl LayerMerger {
+    pub fn new(interest: Interest) -> LayerMerger {
+        LayerMerger { interest, lower: BTreeMap::new(), layers: 0, entries_seen: 0 }
+    }
+
+    /// Applies one compressed layer read from `reader`, which is read to its end.
+    pub fn apply_layer<R: Read>(&mut self, compression: Compression, mut reader: R) -> Result<(), String> {
+        match compression {
+            Compression::None => self.apply_tar(&mut reader)?,
+            Compression::Gzip => self.apply_tar(flate2::read::MultiGzDecoder::new(BufReader::new(&mut reader)))?,
+            Compression::Zstd => {
+                let mut decoder = zstd::stream::read::Decoder::new(&mut reader).map_err(|e| format!("zstd: {e}"))?;
+                decoder.window_log_max(ZSTD_WINDOW_LOG_MAX).map_err(|e| format!("zstd: {e}"))?;
+                self.apply_tar(decoder)?;
+            }
+        }
+        // Read whatever the decompressor did not need, so the blob is consumed (and its digest
+        // checked) to the end.
+        io::copy(&mut reader, &mut io::sink()).map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// Applies one uncompressed tar layer read from `reader`, which is read to its end.
+    pub fn apply_tar<R: Read>(&mut self, reader: R) -> Result<(), String> {
+        let mut counting = Counting { inner: reader, count: 0 };
+        // Entries of this layer: kept apart so this layer's whiteouts only touch lower layers.
+        let mut upper: BTreeMap<String, EntryKind> = BTreeMap::new();
+        let mut end_of_entries = 0u64;
+        {
+            let mut archive = tar::Archive::new(&mut counting);
+            for entry in archive.entries().map_err(|e| e.to_string())? {
+                let entry = entry.map_err(|e| e.to_string())?;
+                end_of_entries = entry.raw_file_position() + entry.size().div_ceil(512) * 512;
+                self.entries_seen += 1;
+                let Some(path) = normalize(&String::from_utf8_lossy(&entry.path_bytes()))? else { continue };
+                if let Some(reserved_dir) = inside_reserved_dir(&path) {
+                    // Below an AUFS metadata directory (`.wh..wh.plnk/...`): not part of the image.
+                    self.imply_parents(&mut upper, reserved_dir);
+                    continue;
+                }
+                let (parent, name) = path.rsplit_once('/').unwrap_or(("", path.as_str()));
+                if name == ".wh..wh..opq" {
+                    remove_below(&mut self.lower, parent);
+                } else if name.starts_with(".wh..wh.") {
+                    // Reserved AUFS metadata (e.g. `.wh..wh.plnk`): neither payload nor whiteout.
+                } else if let Some(hidden) = name.strip_prefix(".wh.") {
+                    let target = if parent.is_empty() { hidden.to_string() } else { format!("{parent}/{hidden}") };
+                    self.lower.remove(&target);
+                    remove_below(&mut self.lower, &target);
+                } else {
+                    let kind = kind_of(&entry)?;
+                    if kind != EntryKind::Directory {
+                        // A file, link or device replaces a lower directory with all it held.
+                        remove_below(&mut self.lower, &path);
+                    }
+                    if (self.interest)(&path) {
+                        upper.insert(path.clone(), kind);
+                    }
+                }
+                self.imply_parents(&mut upper, &path);
+            }
+        }
+        // The tar crate also ends at a plain EOF between entries; a layer must end with the
+        // end-of-archive block, or it was cut short.
+        if counting.count < end_of_entries + 512 {
+            return Err("the tar stream ends before its end-of-archive marker (truncated layer)".into());
+        }
+        io::copy(&mut counting, &mut io::sink()).map_err(|e| e.to_string())?;
+        self.lower.extend(upper);
+        self.layers += 1;
+        Ok(())
+    }
+
+    fn imply_parents(&self, upper: &mut BTreeMap<String, EntryKind>, path: &str) {
+        let mut end = 0;
+        while let Some(slash) = path[end..].find('/') {
+            let dir = &path[..end + slash];
+            if !upper.contains_key(dir) && (self.interest)(dir) {
+                upper.insert(dir.to_string(), EntryKind::Directory);
+            }
+            end += slash + 1;
+        }
+    }
+
+    /// The view after all layers applied so far.
+    pub fn finish(self, bytes_read: u64) -> MergedView {
+        MergedView { entries: self.lower, bytes_read, layers_scanned: self.layers, entries_seen: self.entries_seen }
+    }
+}
+
+/// For a path below a `.wh..wh.*` directory, that directory's path.
+fn inside_reserved_dir(path: &str) -> Option<&str> {
+    let mut start = 0;
+    for part in path.split('/') {
+        let end = start + part.len();
+        if part.starts_with(".wh..wh.") && end < path.len() {
+            return Some(&path[..end]);
+        }
+        start = end + 1;
+    }
+    None
+}
+
+/// Removes every entry strictly below `dir` (everything when `dir` is the root `""`).
+fn remove_below(map: &mut BTreeMap<String, EntryKind>, dir: &str) {
+    if dir.is_empty() {
+        map.clear();
+        return;
+    }
+    // Keys below `dir` are exactly those in [`dir/`, `dir0`): '0' is the character after '/'.
+    let below: Vec<String> = map.range(format!("{dir}/")..format!("{dir}0")).map(|(k, _)| k.clone()).collect();
+    for key in below {
+        map.remove(&key);
+    }
+}
+
+fn kind_of<R: Read>(entry: &tar::Entry<'_, R>) -> Result<EntryKind, String> {
+    let link =
+        || -> String { entry.link_name_bytes().map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default() };
+    Ok(match entry.header().entry_type() {
+        tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => EntryKind::File,
+        tar::EntryType::Directory => EntryKind::Directory,
+        tar::EntryType::Link => {
+            let target = link();
+            EntryKind::HardLink { target: normalize(&target)?.unwrap_or(target) }
+        }
+        tar::EntryType::Symlink => EntryKind::Symlink { target: link() },
+        _ => EntryKind::Other,
+    })
+}
+
+/// `./usr//lib/` -> `usr/lib`; the root itself -> `None`. `..` components make a layer invalid
+/// (no legitimate layer has them; they are how path traversal attacks look).
+pub fn normalize(raw: &str) -> Result<Option<String>, String> {
+    let mut parts = Vec::new();
+    for part in raw.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => return Err(format!("entry {raw:?} has a '..' component")),
+            part => parts.push(part),
+        }
+    }
+    Ok(if parts.is_empty() { None } else { Some(parts.join("/")) })
+}
+
+struct Counting<R> {
+    inner: R,
+    count: u64,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
+/// Streams `layers` (a manifest's layers in order, or the tail of them on top of a known base)
+/// from `repository` and returns the merged view of the paths `interest` keeps.
+///
+/// ```ignore
+/// let view = scan_layers(&client, &image.reference, image.layers(), |p| p.starts_with("usr/bin/")).await?;
+/// ```
+pub async fn scan_layers<R, F>(
+    registry: &R,
+    repository: &ImageRef,
+    layers: &[OciDescriptor],
+    interest: F,
+) -> Result<MergedView, Error>
+where
+    R: RegistryClient + ?Sized,
+    F: Fn(&str) -> bool + Send + Sync + 'static,
+{
+    // Every media type is checked before anything is downloaded.
+    let plan = layers
+        .iter()
+        .map(|layer| {
+            Compression::from_media_type(&layer.media_type)
+                .map(|c| (c, layer))
+                .ok_or_else(|| Error::MediaType { digest: layer.digest.clone(), media_type: layer.media_type.clone() })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut merger = LayerMerger::new(Arc::new(interest));
+    let mut bytes_read = 0;
+    for (compression, layer) in plan {
+        let stream = registry.blob_stream(repository, &layer.digest).await?;
+        let counted = Arc::new(AtomicU64::new(0));
+        // The registry's own error (classified) is kept here; the sync reader only sees io errors.
+        let failure: Arc<Mutex<Option<registry::Error>>> = Arc::default();
+        let (count, fail) = (counted.clone(), failure.clone());
+        let stream = stream.map(move |chunk| match chunk {
+            Ok(bytes) => {
+                count.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                Ok(bytes)
+            }
+            Err(err) => {
+                let message = err.to_string();
+                *fail.lock().unwrap_or_else(|e| e.into_inner()) = Some(err);
+                Err(io::Error::other(message))
+            }
+        });
+        let reader = SyncIoBridge::new(StreamReader::new(stream));
+        let digest = layer.digest.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            let result = merger.apply_layer(compression, reader);
+            (merger, result)
+        });
+        let (returned, result) =
+            task.await.map_err(|e| Error::Task { digest: digest.clone(), detail: e.to_string() })?;
+        merger = returned;
+        bytes_read += counted.load(Ordering::Relaxed);
+        if let Some(err) = failure.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            return Err(Error::Registry(err));
+        }
+        result.map_err(|detail| Error::Malformed { digest, detail })?;
+        tracing::debug!(layer = %layer.digest, bytes = bytes_read, "layer scanned");
+    }
+    Ok(merger.finish(bytes_read))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tar for tests from (path, kind): `f` file, `d` dir, `h:T` hard link to T, `s:T` symlink
+    /// to T. Names are written raw, so tests can use `./`, absolute and `..` names as found in
+    /// the wild (the tar crate's builder refuses some of them).
+    fn tar_of(entries: &[(&str, &str)]) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        for (path, kind) in entries {
+            let mut header = tar::Header::new_old();
+            header.set_mode(0o644);
+            header.set_size(0);
+            header.as_old_mut().name[..path.len()].copy_from_slice(path.as_bytes());
+            let (entry_type, link, data): (_, &str, &[u8]) = match *kind {
+                "f" => (tar::EntryType::Regular, "", b"abc"),
+                "d" => (tar::EntryType::Directory, "", b""),
+                k if k.starts_with("h:") => (tar::EntryType::Link, &k[2..], b""),
+                k if k.starts_with("s:") => (tar::EntryType::Symlink, &k[2..], b""),
+                k => panic!("unknown kind {k}"),
+            };
+            header.set_entry_type(entry_type);
+            header.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
+            header.set_size(data.len() as u64);
+            header.set_cksum();
+            builder.append(&header, data).unwrap();
+        }
+        builder.into_inner().unwrap()
+    }
+
+    fn merge(
+        layers: &[Vec<u8>],
+        interest: impl Fn(&str) -> bool + Send + Sync + 'static,
+    ) -> Result<MergedView, String> {
+        let mut merger = LayerMerger::new(Arc::new(interest));
+        for layer in layers {
+            merger.apply_tar(&layer[..])?;
+        }
+        Ok(merger.finish(0))
+    }
+
+    fn all(_: &str) -> bool {
+        true
+    }
+
+    fn paths(view: &MergedView) -> Vec<&str> {
+        view.entries().map(|(p, _)| p).collect()
+    }
+
+    #[test]
+    fn names_are_normalized_and_parents_implied() {
+        let view = merge(&[tar_of(&[("./usr/bin/zfs", "f"), ("/etc//os-release", "f"), ("./", "d")])], all).unwrap();
+        assert_eq!(paths(&view), ["etc", "etc/os-release", "usr", "usr/bin", "usr/bin/zfs"]);
+        assert!(view.has_payload("usr/bin/zfs") && view.is_dir("usr/bin") && !view.has_payload("usr/bin"));
+        assert_eq!(normalize("a/../b"), Err("entry \"a/../b\" has a '..' component".into()));
+        assert_eq!(normalize("./"), Ok(None));
+    }
+
+    #[test]
+    fn files_hard_links_and_symlinks_are_payload() {
+        let view = merge(
+            &[tar_of(&[
+                ("usr/sbin/zfs", "f"),
+                ("usr/sbin/zpool", "h:./usr/sbin/zfs"),
+                ("usr/lib/modules/6.1/extra/zfs/zfs.ko", "s:/sysroot/ostree/repo/objects/aa/bb.file"),
+                ("usr/lib/modules/6.1/extra", "d"),
+            ])],
+            all,
+        )
+        .unwrap();
+        assert_eq!(view.get("usr/sbin/zpool"), Some(&EntryKind::HardLink { target: "usr/sbin/zfs".into() }));
+        assert_eq!(
+            view.get("usr/lib/modules/6.1/extra/zfs/zfs.ko"),
+            Some(&EntryKind::Symlink { target: "/sysroot/ostree/repo/objects/aa/bb.file".into() })
+        );
+        assert_eq!(view.payload_paths().count(), 3);
+        assert!(view.is_dir("usr/lib/modules/6.1/extra"));
+    }
+
+    #[test]
+    fn only_interesting_paths_are_kept() {
+        let view = merge(
+            &[tar_of(&[
+                ("usr/lib/modules/6.1/vmlinuz", "f"),
+                ("usr/lib/modules/6.2/kernel/a.ko", "f"),
+                ("etc/x", "f"),
+            ])],
+            |p| p.strip_prefix("usr/lib/modules/").is_some_and(|rest| !rest.contains('/')),
+        )
+        .unwrap();
+        assert_eq!(view.directories().collect::<Vec<_>>(), ["usr/lib/modules/6.1", "usr/lib/modules/6.2"]);
+        assert_eq!(view.entries_seen(), 3);
+    }
+
+    #[test]
+    fn whiteouts_remove_lower_files_and_whole_subtrees() {
+        let base = tar_of(&[
+            ("usr/lib/modules/6.1/extra/zfs/zfs.ko", "f"),
+            ("usr/lib/modules/6.2/extra/zfs/zfs.ko", "f"),
+            ("usr/lib/modules/6.2-other/extra/zfs/zfs.ko", "f"),
+            ("usr/bin/zfs", "f"),
+        ]);
+        let upper = tar_of(&[("usr/lib/modules/.wh.6.2", "f"), ("usr/bin/.wh.zfs", "f")]);
+        let view = merge(&[base, upper], all).unwrap();
+        assert!(view.has_payload("usr/lib/modules/6.1/extra/zfs/zfs.ko"));
+        assert!(view.get("usr/lib/modules/6.2").is_none(), "the directory itself is gone");
+        assert!(view.get("usr/lib/modules/6.2/extra/zfs/zfs.ko").is_none(), "and everything below it");
+        assert!(view.has_payload("usr/lib/modules/6.2-other/extra/zfs/zfs.ko"), "a sibling with the same prefix stays");
+        assert!(!view.has_payload("usr/bin/zfs"));
+        assert!(view.is_dir("usr/bin"), "whiting out a file keeps its directory");
+    }
+
+    #[test]
+    fn whiteouts_never_touch_their_own_layer() {
+        // Re-creating a path in the same layer as its whiteout (in either order) keeps the new one.
+        let base = tar_of(&[("opt/old/a", "f")]);
+        let upper = tar_of(&[("opt/old/b", "f"), ("opt/.wh.old", "f"), ("opt/old/c", "f")]);
+        let view = merge(&[base, upper], all).unwrap();
+        assert_eq!(paths(&view), ["opt", "opt/old", "opt/old/b", "opt/old/c"]);
+    }
+
+    #[test]
+    fn opaque_directories_hide_lower_contents_only() {
+        let base =
+            tar_of(&[("usr/lib/modules/6.1/extra/zfs/zfs.ko", "f"), ("usr/lib/modules/6.1/extra/other.ko", "f")]);
+        // The opaque marker comes after an entry of the same layer (hazard H9): that entry stays.
+        let upper =
+            tar_of(&[("usr/lib/modules/6.1/extra/new.ko", "f"), ("usr/lib/modules/6.1/extra/.wh..wh..opq", "f")]);
+        let view = merge(&[base, upper], all).unwrap();
+        assert!(view.is_dir("usr/lib/modules/6.1/extra"), "the opaque directory itself exists");
+        assert!(view.has_payload("usr/lib/modules/6.1/extra/new.ko"));
+        assert!(view.get("usr/lib/modules/6.1/extra/zfs/zfs.ko").is_none());
+        assert!(view.get("usr/lib/modules/6.1/extra/other.ko").is_none());
+        // A third layer adding content back is visible again.
+        let third = tar_of(&[("usr/lib/modules/6.1/extra/zfs/zfs.ko.xz", "f")]);
+        let view2 = merge(&[tar_of(&[("a/x", "f")]), tar_of(&[("a/.wh..wh..opq", "f")]), third], all).unwrap();
+        assert!(view2.has_payload("usr/lib/modules/6.1/extra/zfs/zfs.ko.xz") && view2.get("a/x").is_none());
+        // A root-level opaque marker hides everything below.
+        let view3 = merge(&[tar_of(&[("a/x", "f")]), tar_of(&[(".wh..wh..opq", "f"), ("b", "f")])], all).unwrap();
+        assert_eq!(paths(&view3), ["b"]);
+    }
+
+    #[test]
+    fn a_file_replacing_a_directory_hides_its_subtree() {
+        let base = tar_of(&[("lib/modules/6.1/extra/zfs/zfs.ko", "f")]);
+        let upper = tar_of(&[("lib", "s:usr/lib")]);
+        let view = merge(&[base, upper], all).unwrap();
+        assert_eq!(paths(&view), ["lib"]);
+        assert_eq!(view.get("lib"), Some(&EntryKind::Symlink { target: "usr/lib".into() }));
+        // The interest does not need to cover the replacing entry for the subtree to go.
+        let view =
+            merge(&[tar_of(&[("lib/modules/6.1/x", "f")]), tar_of(&[("lib/modules", "s:/x")])], |p| p.ends_with("/x"))
+                .unwrap();
+        assert!(view.is_empty());
+    }
+
+    #[test]
+    fn reserved_whiteout_names_are_not_payload() {
+        let view = merge(&[tar_of(&[(".wh..wh.plnk/123", "f"), ("dir/.wh..wh.aufs", "f")])], all).unwrap();
+        assert_eq!(paths(&view), ["dir"]);
+    }
+
+    #[test]
+    fn truncated_and_garbage_layers_are_errors() {
+        let layer = tar_of(&[("usr/bin/zfs", "f"), ("usr/bin/zpool", "f")]);
+        // Cut inside a header, inside data, and exactly between entries (no end marker).
+        for cut in [100, 512 + 2, 1024, 1536, 2048] {
+            let err = merge(&[layer[..cut].to_vec()], all).unwrap_err();
+            assert!(!err.is_empty(), "{cut}");
+        }
+        for cut in [1024, 2048] {
+            assert!(merge(&[layer[..cut].to_vec()], all).unwrap_err().contains("truncated"), "{cut}");
+        }
+        assert!(merge(&[Vec::new()], all).unwrap_err().contains("truncated"));
+        let garbage: Vec<u8> = (0..4096u32).map(|i| (i * 7 + 3) as u8).collect();
+        let err = merge(std::slice::from_ref(&garbage), all).unwrap_err();
+        assert!(err.contains("checksum") || err.contains("numeric field"), "{err}");
+        // An empty tar (just the end marker) is a valid, empty layer.
+        assert!(merge(&[vec![0; 1024]], all).unwrap().is_empty());
+        assert!(merge(&[tar_of(&[("../etc/passwd", "f")])], all).unwrap_err().contains("'..'"));
+
+        let mut merger = LayerMerger::new(Arc::new(all));
+        assert!(merger.apply_layer(Compression::Gzip, &garbage[..]).is_err());
+        assert!(merger.apply_layer(Compression::Zstd, &garbage[..]).is_err());
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        io::Write::write_all(&mut gz, &layer).unwrap();
+        let gz = gz.finish().unwrap();
+        assert!(merger.apply_layer(Compression::Gzip, &gz[..gz.len() - 10]).is_err(), "truncated gzip");
+        let zst = zstd::encode_all(&layer[..], 3).unwrap();
+        assert!(merger.apply_layer(Compression::Zstd, &zst[..zst.len() / 2]).is_err(), "truncated zstd");
+        assert!(merger.apply_layer(Compression::Gzip, &gz[..]).is_ok());
+        assert!(merger.apply_layer(Compression::Zstd, &zst[..]).is_ok());
+        let view = merger.finish(0);
+        assert!(view.has_payload("usr/bin/zpool"));
+        assert_eq!(view.layers_scanned(), 2, "failed layers are not counted");
+    }
+
+    #[test]
+    fn media_types() {
+        for (media_type, expected) in [
+            ("application/vnd.oci.image.layer.v1.tar", Some(Compression::None)),
+            ("application/vnd.oci.image.layer.v1.tar+gzip", Some(Compression::Gzip)),
+            ("application/vnd.oci.image.layer.v1.tar+zstd", Some(Compression::Zstd)),
+            ("application/vnd.docker.image.rootfs.diff.tar.gzip", Some(Compression::Gzip)),
+            ("application/vnd.docker.image.rootfs.diff.tar", Some(Compression::None)),
+            ("application/vnd.docker.image.rootfs.diff.tar.zstd", Some(Compression::Zstd)),
+            ("application/vnd.oci.image.config.v1+json", None),
+            ("application/vnd.in-toto+json", None),
+        ] {
+            assert_eq!(Compression::from_media_type(media_type), expected, "{media_type}");
+        }
+    }
+}
