@@ -328,8 +328,13 @@ impl<R: Read> Read for Counting<R> {
 /// Streams `layers` (a manifest's layers in order, or the tail of them on top of a known base)
 /// from `repository` and returns the merged view of the paths `interest` keeps.
 ///
-/// ```ignore
-/// let view = scan_layers(&client, &image.reference, image.layers(), |p| p.starts_with("usr/bin/")).await?;
+/// ```no_run
+/// # use kinoite_zfs_operator::registry::{OciRegistry, ResolvedImage};
+/// # async fn example(client: &OciRegistry, image: &ResolvedImage) -> Result<(), kinoite_zfs_operator::pipeline::layers::Error> {
+/// use kinoite_zfs_operator::pipeline::layers::scan_layers;
+/// let view = scan_layers(client, &image.reference, image.layers(), |p| p.starts_with("usr/bin/")).await?;
+/// let has_zfs = view.has_payload("usr/bin/zfs");
+/// # Ok(()) }
 /// ```
 pub async fn scan_layers<R, F>(
     registry: &R,

@@ -84,7 +84,7 @@ pub trait RegistryClient: Send + Sync {
     fn blob_exists(&self, repository: &ImageRef, digest: &str) -> impl Future<Output = Result<bool, Error>> + Send;
 
     /// Makes the blob available in `to`: nothing if present, a cross-repository mount on the same
-    /// registry, else a streamed copy (bounded memory).
+    /// registry, else a streamed copy (bounded memory). "Absent" here means the source lacks it.
     fn copy_blob(
         &self,
         from: &ImageRef,
@@ -100,6 +100,46 @@ pub trait RegistryClient: Send + Sync {
         media_type: &str,
         bytes: Bytes,
     ) -> impl Future<Output = Result<String, Error>> + Send;
+}
+
+/// A shared client (as [`ClientPool`] hands them out) is a client.
+impl<T: RegistryClient + ?Sized> RegistryClient for std::sync::Arc<T> {
+    fn resolve_digest(&self, reference: &ImageRef) -> impl Future<Output = Result<String, Error>> + Send {
+        (**self).resolve_digest(reference)
+    }
+    fn manifest(&self, reference: &ImageRef) -> impl Future<Output = Result<RawManifest, Error>> + Send {
+        (**self).manifest(reference)
+    }
+    fn read_blob(
+        &self,
+        repository: &ImageRef,
+        digest: &str,
+        max_bytes: u64,
+    ) -> impl Future<Output = Result<Bytes, Error>> + Send {
+        (**self).read_blob(repository, digest, max_bytes)
+    }
+    fn blob_stream(&self, repository: &ImageRef, digest: &str) -> impl Future<Output = Result<BlobStream, Error>> + Send {
+        (**self).blob_stream(repository, digest)
+    }
+    fn blob_exists(&self, repository: &ImageRef, digest: &str) -> impl Future<Output = Result<bool, Error>> + Send {
+        (**self).blob_exists(repository, digest)
+    }
+    fn copy_blob(
+        &self,
+        from: &ImageRef,
+        to: &ImageRef,
+        digest: &str,
+    ) -> impl Future<Output = Result<BlobTransfer, Error>> + Send {
+        (**self).copy_blob(from, to, digest)
+    }
+    fn put_manifest(
+        &self,
+        target: &ImageRef,
+        media_type: &str,
+        bytes: Bytes,
+    ) -> impl Future<Output = Result<String, Error>> + Send {
+        (**self).put_manifest(target, media_type, bytes)
+    }
 }
 
 /// Errors of the registry layer. Messages name the operation, the registry and the answer;

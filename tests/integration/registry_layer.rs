@@ -162,6 +162,8 @@ async fn auth_errors_are_unauthorized_never_absent() {
             .unwrap();
     let from_secret = pool.client_for_docker_config(&std::fs::read(registry.docker_config()).unwrap()).unwrap();
     assert_eq!(from_secret.resolve_digest(&present).await.unwrap(), image.digest);
+    // A pooled `Arc` client is a `RegistryClient` itself.
+    assert_eq!(resolve_image(&from_secret, &present).await.unwrap().digest, image.digest);
     assert_eq!(class(pool.anonymous().unwrap().resolve_digest(&present).await), AnswerClass::Unauthorized);
     assert_eq!(pool.counters().get(AnswerClass::Unauthorized), 1);
 }
