@@ -118,7 +118,11 @@ impl<T: RegistryClient + ?Sized> RegistryClient for std::sync::Arc<T> {
     ) -> impl Future<Output = Result<Bytes, Error>> + Send {
         (**self).read_blob(repository, digest, max_bytes)
     }
-    fn blob_stream(&self, repository: &ImageRef, digest: &str) -> impl Future<Output = Result<BlobStream, Error>> + Send {
+    fn blob_stream(
+        &self,
+        repository: &ImageRef,
+        digest: &str,
+    ) -> impl Future<Output = Result<BlobStream, Error>> + Send {
         (**self).blob_stream(repository, digest)
     }
     fn blob_exists(&self, repository: &ImageRef, digest: &str) -> impl Future<Output = Result<bool, Error>> + Send {

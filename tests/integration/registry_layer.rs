@@ -521,3 +521,60 @@ async fn an_unreachable_registry_is_reported_as_unreachable() {
     let err = strict.resolve_digest(&image_ref(&host, "test/gone:v1")).await.unwrap_err();
     assert_eq!(err.class(), Some(AnswerClass::Unreachable), "{err}");
 }
+
+// ---- docker token authentication (ghcr.io, Docker Hub, quay.io style) -------------------------
+
+#[tokio::test]
+async fn bearer_tokens_are_fetched_per_scope_and_cached() {
+    init();
+    let registry = Registry::start().await;
+    let image = Pusher::new(&registry).push_image("org/source", Some("v1"), &small_image("t")).await;
+    let proxy = FaultProxy::start_with_token_auth(registry.host(), "bot", "tok-pw-31c5").await;
+    let host = proxy.host();
+    let source = image_ref(host, "org/source:v1");
+
+    for (name, c) in [("anonymous", client(&[host], &[])), ("wrong", client(&[host], &[(host, "bot", "nope")]))] {
+        let err = c.resolve_digest(&source).await.unwrap_err();
+        assert_eq!(err.class(), Some(AnswerClass::Unauthorized), "{name}: {err}");
+        assert!(err.to_string().contains("token for resolve"), "{name}: the token service refused: {err}");
+    }
+
+    let client = client(&[host], &[(host, "bot", "tok-pw-31c5")]);
+    proxy.reset_seen();
+    assert_eq!(client.resolve_digest(&source).await.unwrap(), image.digest);
+    let resolved = resolve_image(&client, &source).await.unwrap();
+    let mut stream = client.blob_stream(&source, &resolved.layers()[0].digest).await.unwrap();
+    while let Some(chunk) = stream.next().await {
+        chunk.unwrap();
+    }
+    let token_requests: Vec<String> =
+        proxy.seen().into_iter().filter(|s| s.path == "/token").map(|s| s.query).collect();
+    assert_eq!(token_requests.len(), 1, "one token for the pull scope, then cached: {token_requests:?}");
+    assert!(token_requests[0].contains("scope=repository%3Aorg%2Fsource%3Apull"), "{token_requests:?}");
+    assert!(token_requests[0].contains("service=kzo-proxy"), "{token_requests:?}");
+
+    // A mount asks for push on the target and pull on the source in one token.
+    proxy.reset_seen();
+    let target = image_ref(host, "org/target:v1");
+    for layer in resolved.layers() {
+        assert_eq!(client.copy_blob(&source, &target, &layer.digest).await.unwrap(), BlobTransfer::Mounted);
+    }
+    client.copy_blob(&source, &target, &resolved.manifest.config.digest).await.unwrap();
+    let digest = client
+        .put_manifest(&target, &resolved.media_type, client.manifest(&source).await.unwrap().bytes)
+        .await
+        .unwrap();
+    assert_eq!(digest, image.digest);
+    let scopes: Vec<String> = proxy.seen().into_iter().filter(|s| s.path == "/token").map(|s| s.query).collect();
+    assert!(
+        scopes
+            .iter()
+            .any(|q| q.contains("repository%3Aorg%2Ftarget%3Apull%2Cpush")
+                && q.contains("repository%3Aorg%2Fsource%3Apull")),
+        "{scopes:?}"
+    );
+    let raw =
+        skopeo(&["inspect", "--raw", "--tls-verify=false", &format!("docker://{}/org/target:v1", registry.host())]);
+    assert_eq!(raw.as_bytes(), &image.manifest[..]);
+    assert_eq!(client.counters().get(AnswerClass::Unauthorized), 0, "handshake 401s are not counted");
+}

@@ -1,9 +1,17 @@
 //! A tiny fault-injecting HTTP proxy in front of the registry fixture: it forwards requests to the
 //! real registry unless a fault is queued, in which case it answers 429 (with or without
 //! `Retry-After`), answers 503, or drops the connection without answering. It records every
-//! request it saw (method, path, time), so tests can check how often and when clients retried.
+//! request it saw (method, path, query, time), so tests can check how often and when clients
+//! retried.
+//!
+//! Optionally it also puts docker token authentication in front of the registry (what ghcr.io,
+//! Docker Hub and quay.io speak): requests need `Authorization: Bearer <token>` covering the
+//! repository and action, otherwise they get a 401 with a `Bearer realm=...` challenge; the
+//! proxy's `/token` endpoint issues tokens for the requested scopes to Basic credentials. The
+//! registry's docker-registry binary can only do token auth with a signing PKI, which this keeps
+//! out of the tests.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -31,13 +39,19 @@ pub enum Fault {
 pub struct Seen {
     pub method: String,
     pub path: String,
+    pub query: String,
     pub at: Instant,
     /// The fault applied, or `None` when forwarded.
     pub fault: Option<Fault>,
 }
 
 struct State {
+    addr: String,
     upstream: String,
+    /// `user:password` accepted by `/token`, when token auth is on.
+    token_auth: Option<String>,
+    /// Issued token -> granted scopes.
+    tokens: Mutex<HashMap<String, Vec<String>>>,
     faults: Mutex<VecDeque<Fault>>,
     seen: Mutex<Vec<Seen>>,
     client: reqwest::Client,
@@ -53,10 +67,23 @@ pub struct FaultProxy {
 impl FaultProxy {
     /// Starts a proxy on a free loopback port forwarding to `upstream` (`HOST:PORT`, plain HTTP).
     pub async fn start(upstream: &str) -> FaultProxy {
+        Self::launch(upstream, None).await
+    }
+
+    /// Starts a proxy that also requires docker token authentication; `/token` accepts these
+    /// Basic credentials only.
+    pub async fn start_with_token_auth(upstream: &str, user: &str, password: &str) -> FaultProxy {
+        Self::launch(upstream, Some(format!("{user}:{password}"))).await
+    }
+
+    async fn launch(upstream: &str, token_auth: Option<String>) -> FaultProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the fault proxy");
         let addr = listener.local_addr().unwrap().to_string();
         let state = Arc::new(State {
+            addr: addr.clone(),
             upstream: upstream.to_string(),
+            token_auth,
+            tokens: Mutex::default(),
             faults: Mutex::default(),
             seen: Mutex::default(),
             client: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap(),
@@ -118,6 +145,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Answer {
     state.seen.lock().unwrap().push(Seen {
         method: req.method().to_string(),
         path: req.uri().path().to_string(),
+        query: req.uri().query().unwrap_or_default().to_string(),
         at: Instant::now(),
         fault: fault.clone(),
     });
@@ -136,10 +164,102 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Answer {
             .body(Full::new(Bytes::from_static(b"service unavailable")))
             .unwrap()),
         Some(Fault::Drop) => Err(std::io::Error::other("fault proxy dropped the connection")),
-        None => Ok(forward(&state, req).await.unwrap_or_else(|e| {
-            Response::builder().status(StatusCode::BAD_GATEWAY).body(Full::new(Bytes::from(e))).unwrap()
-        })),
+        None => {
+            let req = match &state.token_auth {
+                Some(accepted) => match authorize(&state, accepted, req) {
+                    Ok(req) => req,
+                    Err(answer) => return Ok(*answer),
+                },
+                None => req,
+            };
+            Ok(forward(&state, req).await.unwrap_or_else(|e| {
+                Response::builder().status(StatusCode::BAD_GATEWAY).body(Full::new(Bytes::from(e))).unwrap()
+            }))
+        }
     }
+}
+
+fn unauthorized(state: &State, scope: Option<&str>, code: &str) -> Response<Full<Bytes>> {
+    let mut challenge = format!(r#"Bearer realm="http://{}/token",service="kzo-proxy""#, state.addr);
+    if let Some(scope) = scope {
+        challenge.push_str(&format!(r#",scope="{scope}""#));
+    }
+    let body = format!(r#"{{"errors":[{{"code":"{code}","message":"authentication required"}}]}}"#);
+    Response::builder()
+        .status(StatusCode::UNAUTHORIZED)
+        .header("www-authenticate", challenge)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap()
+}
+
+fn query_pairs(query: &str) -> Vec<(String, String)> {
+    reqwest::Url::parse(&format!("http://x/?{query}")).unwrap().query_pairs().into_owned().collect()
+}
+
+/// Token auth: answers `/token`, and lets a registry request through (minus its token) only when
+/// its token covers the repository and action.
+fn authorize(
+    state: &State,
+    accepted: &str,
+    req: Request<Incoming>,
+) -> Result<Request<Incoming>, Box<Response<Full<Bytes>>>> {
+    use base64::Engine as _;
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or_default().to_string();
+    let authorization =
+        req.headers().get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    if path == "/token" {
+        let basic = authorization
+            .strip_prefix("Basic ")
+            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+            .and_then(|b| String::from_utf8(b).ok());
+        if basic.as_deref() != Some(accepted) {
+            return Err(Box::new(unauthorized(state, None, "UNAUTHORIZED")));
+        }
+        let scopes: Vec<String> =
+            query_pairs(&query).into_iter().filter(|(k, _)| k == "scope").map(|(_, v)| v).collect();
+        let mut tokens = state.tokens.lock().unwrap();
+        let token = format!("tok-{}", tokens.len() + 1);
+        tokens.insert(token.clone(), scopes);
+        let body = format!(r#"{{"token":"{token}","expires_in":300}}"#);
+        return Err(Box::new(Response::builder().status(StatusCode::OK).body(Full::new(Bytes::from(body))).unwrap()));
+    }
+    let granted = authorization
+        .strip_prefix("Bearer ")
+        .and_then(|t| state.tokens.lock().unwrap().get(t).cloned())
+        .unwrap_or_default();
+    let covers = |repo: &str, action: &str| {
+        granted.iter().any(|scope| {
+            scope
+                .strip_prefix("repository:")
+                .and_then(|rest| rest.rsplit_once(':'))
+                .is_some_and(|(name, actions)| name == repo && actions.split(',').any(|a| a == action))
+        })
+    };
+    let Some(rest) = path.strip_prefix("/v2/").filter(|r| !r.is_empty()) else {
+        return if granted.is_empty() { Err(Box::new(unauthorized(state, None, "UNAUTHORIZED"))) } else { Ok(req) };
+    };
+    let repo = match (rest.rfind("/manifests/"), rest.rfind("/blobs/")) {
+        (Some(i), _) | (None, Some(i)) => &rest[..i],
+        (None, None) => rest,
+    };
+    let action = if matches!(req.method().as_str(), "GET" | "HEAD") { "pull" } else { "push" };
+    if !covers(repo, action) {
+        let scope = format!("repository:{repo}:{action}");
+        return Err(Box::new(unauthorized(state, Some(&scope), "UNAUTHORIZED")));
+    }
+    // A mount needs pull on the source too; without it real registries start a plain upload.
+    let pairs = query_pairs(&query);
+    let from = pairs.iter().find(|(k, _)| k == "from").map(|(_, v)| v.clone());
+    let mut req = req;
+    if let Some(from) = from
+        && !covers(&from, "pull")
+    {
+        *req.uri_mut() = path.parse().unwrap();
+    }
+    req.headers_mut().remove("authorization");
+    Ok(req)
 }
 
 async fn forward(state: &State, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, String> {
@@ -156,7 +276,10 @@ async fn forward(state: &State, req: Request<Incoming>) -> Result<Response<Full<
     let answer = upstream.send().await.map_err(|e| e.to_string())?;
     let mut response = Response::builder().status(answer.status().as_u16());
     for (name, value) in answer.headers() {
-        if !matches!(name.as_str(), "connection" | "transfer-encoding") {
+        if name.as_str() == "location" {
+            let location = value.to_str().unwrap_or_default().replace(&state.upstream, &state.addr);
+            response = response.header(name, location);
+        } else if !matches!(name.as_str(), "connection" | "transfer-encoding") {
             response = response.header(name, value);
         }
     }
