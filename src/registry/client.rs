@@ -120,7 +120,7 @@ impl fmt::Debug for OciRegistry {
     }
 }
 
-/// A request body: replayable bytes, or a stream that can be sent once.
+/// A replayable request body (streamed bodies go through `send_stream`).
 enum Body {
     Empty,
     Bytes(Bytes),
@@ -238,6 +238,11 @@ impl OciRegistry {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .insert(req.host.to_string(), challenge.clone());
+                // A token the registry no longer accepts (revoked, expired early) is not reused.
+                self.tokens
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&(req.host.to_string(), req.scopes.join(" ")));
                 let fresh = self.authorization(what, req, &challenge).await?;
                 if fresh.is_some() && fresh != auth {
                     auth = fresh;
