@@ -2,4 +2,7 @@
 //! cache decision, candidate verification and promotion steps. Pure decisions live here; all
 //! registry I/O goes through [`crate::registry`].
 
+pub mod hashing;
 pub mod kernels;
+pub mod schedule;
+pub mod targets;
