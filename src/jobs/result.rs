@@ -170,7 +170,7 @@ mod tests {
             (JobKind::Image, "   \n".into(), "empty"),
             (JobKind::Image, "pushed sha256:abc".into(), "not the expected JSON"),
             (JobKind::Image, "[1,2]".into(), "not the expected JSON"),
-            (JobKind::Image, format!(r#"{{"version":1,"step":"image"}}"#), "missing field `digest`"),
+            (JobKind::Image, r#"{"version":1,"step":"image"}"#.into(), "missing field `digest`"),
             (JobKind::Image, format!(r#"{{"version":2,"step":"image","digest":"{d}"}}"#), "version 2"),
             (JobKind::Image, format!(r#"{{"version":1,"step":"akmods","digest":"{d}"}}"#), "step \"akmods\""),
             (JobKind::Image, r#"{"version":1,"step":"image","digest":"sha256:ABC"}"#.into(), "not sha256"),

@@ -116,12 +116,12 @@ mod tests {
         reordered.kernel_releases.push("6.18.9-200.fc43.x86_64".into());
         assert_eq!(inputs_hash(&reordered, rev, BuildMode::Main), base);
 
-        let changes: Vec<Box<dyn Fn(&mut ResolvedInputs)>> = vec![
-            Box::new(|i| i.base_image_digest = format!("sha256:{}", "c".repeat(64))),
-            Box::new(|i| i.build_container_digest = format!("sha256:{}", "d".repeat(64))),
-            Box::new(|i| i.zfs_minor_version = "2.3".into()),
-            Box::new(|i| i.akmods_upstream_ref = "0".repeat(40)),
-            Box::new(|i| i.kernel_releases.push("6.19.1-200.fc43.x86_64".into())),
+        let changes: [fn(&mut ResolvedInputs); 5] = [
+            |i| i.base_image_digest = format!("sha256:{}", "c".repeat(64)),
+            |i| i.build_container_digest = format!("sha256:{}", "d".repeat(64)),
+            |i| i.zfs_minor_version = "2.3".into(),
+            |i| i.akmods_upstream_ref = "0".repeat(40),
+            |i| i.kernel_releases.push("6.19.1-200.fc43.x86_64".into()),
         ];
         for change in changes {
             let mut changed = inputs();
