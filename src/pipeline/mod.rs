@@ -6,3 +6,4 @@ pub mod hashing;
 pub mod kernels;
 pub mod schedule;
 pub mod targets;
+pub mod records;
