@@ -1,4 +1,4 @@
 //! The Kubernetes controllers (`ZfsImageBuild`, `Promotion`) and the status logic they share.
 
-pub mod conditions;
 pub mod build;
+pub mod conditions;

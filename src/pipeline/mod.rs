@@ -4,6 +4,6 @@
 
 pub mod hashing;
 pub mod kernels;
+pub mod records;
 pub mod schedule;
 pub mod targets;
-pub mod records;

@@ -16,7 +16,9 @@ use serde::Serialize;
 
 use crate::api::ZfsImageBuild;
 use crate::api::build::{BuildMode, ResolvedInputs, RunStatus, RunSummary, RunTrigger};
-use crate::jobs::{self, ANNOTATION_BUILD_NAME, ANNOTATION_INPUTS_HASH, STEP_RUN_RECORD, child_labels, owner_reference};
+use crate::jobs::{
+    self, ANNOTATION_BUILD_NAME, ANNOTATION_INPUTS_HASH, STEP_RUN_RECORD, child_labels, owner_reference,
+};
 
 /// Key of the build-inputs manifest in the run-record ConfigMap.
 pub const BUILD_INPUTS_KEY: &str = "build-inputs.json";
@@ -412,14 +414,20 @@ mod tests {
         let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
         let mut keys: Vec<&String> = doc.as_object().unwrap().keys().collect();
         keys.sort();
-        assert_eq!(keys, ["candidate", "generated_at", "inputs", "repository", "run", "schema_version", "stable", "workflow"]);
+        assert_eq!(
+            keys,
+            ["candidate", "generated_at", "inputs", "repository", "run", "schema_version", "stable", "workflow"]
+        );
         let inputs = doc["inputs"].as_object().unwrap();
         assert_eq!(inputs.len(), 12);
         for absent in ["use_input_lock", "lock_file_path", "kernel_release"] {
             assert!(!inputs.contains_key(absent), "{absent}");
         }
         assert_eq!(doc["candidate"]["image"]["tag_ref"], "ghcr.io/danathar/kinoite-zfs-candidate:7-43");
-        assert_eq!(doc["candidate"]["image"]["digest_ref"], format!("ghcr.io/danathar/kinoite-zfs-candidate@{}", digest('c')));
+        assert_eq!(
+            doc["candidate"]["image"]["digest_ref"],
+            format!("ghcr.io/danathar/kinoite-zfs-candidate@{}", digest('c'))
+        );
         assert_eq!(doc["candidate"]["akmods"]["digest"], digest('d'));
         assert_eq!(doc["stable"], serde_json::json!({"promotion_result": "skipped", "promoted": false}));
         // Declaration order is the reference's order.

@@ -108,12 +108,16 @@ mod tests {
 
     #[test]
     fn lock_observation() {
-        let source: InputLockSource = serde_json::from_value(serde_json::json!({"configMapRef": {"name": "lock"}})).unwrap();
+        let source: InputLockSource =
+            serde_json::from_value(serde_json::json!({"configMapRef": {"name": "lock"}})).unwrap();
         assert_eq!(observe_lock(Some(&source), None), Some(ObservedLock::ConfigMapMissing));
-        let cm: ConfigMap = serde_json::from_value(serde_json::json!({"metadata": {"name": "lock"}, "data": {"other": "x"}})).unwrap();
-        assert_eq!(observe_lock(Some(&source), Some(&cm)), Some(ObservedLock::KeyMissing));
         let cm: ConfigMap =
-            serde_json::from_value(serde_json::json!({"metadata": {"name": "lock"}, "data": {"inputs.lock.json": "{}"}})).unwrap();
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "lock"}, "data": {"other": "x"}})).unwrap();
+        assert_eq!(observe_lock(Some(&source), Some(&cm)), Some(ObservedLock::KeyMissing));
+        let cm: ConfigMap = serde_json::from_value(
+            serde_json::json!({"metadata": {"name": "lock"}, "data": {"inputs.lock.json": "{}"}}),
+        )
+        .unwrap();
         assert_eq!(observe_lock(Some(&source), Some(&cm)), Some(ObservedLock::Found("{}".into())));
         let inline: InputLockSource =
             serde_json::from_value(serde_json::json!({"inline": {"base_image": "ghcr.io/a/b@sha256:0"}})).unwrap();
@@ -158,8 +162,14 @@ mod tests {
                 serde_json::json!({"stable": {"run": 2, "image": "x", "imageDigest": "d", "shortDigest": "d",
                   "auditTag": "a", "promotedAt": "2026-01-01T00:00:00Z"}}),
             ),
-            promo(serde_json::json!({"buildRef": {"name": "zib"}, "policy": "Pinned", "candidate": {"run": 1}}), serde_json::json!({})),
-            promo(serde_json::json!({"buildRef": {"name": "other"}, "policy": "Pinned", "candidate": {"run": 9}}), serde_json::json!({})),
+            promo(
+                serde_json::json!({"buildRef": {"name": "zib"}, "policy": "Pinned", "candidate": {"run": 1}}),
+                serde_json::json!({}),
+            ),
+            promo(
+                serde_json::json!({"buildRef": {"name": "other"}, "policy": "Pinned", "candidate": {"run": 9}}),
+                serde_json::json!({}),
+            ),
         ];
         assert_eq!(pinned_runs(&build, &promotions), BTreeSet::from([1, 2, 4]));
     }

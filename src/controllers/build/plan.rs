@@ -216,7 +216,7 @@ impl<'a> Planner<'a> {
                 && !run.phase.is_terminal()
                 && run.spec_hash.as_deref() != Some(spec_hash.as_str())
             {
-                let note = format!("the spec (generation {}) is invalid", self.generation.unwrap_or_default());
+                let note = format!("an invalid spec (generation {})", self.generation.unwrap_or_default());
                 self.supersede_current(&note);
             }
         } else {
@@ -315,6 +315,7 @@ impl<'a> Planner<'a> {
             Ok(request) => request,
             Err(block) => {
                 self.probe_block = Some(block);
+                self.wake_after_permanent_failure();
                 return;
             }
         };
@@ -398,7 +399,11 @@ impl<'a> Planner<'a> {
         };
         let mut note = format!("Run {number} started ({trigger:?})");
         if let Some((inputs, at)) = new.resolved {
-            note.push_str(&format!(": inputs changed, base {}, kernels {}", inputs.base_image_digest, inputs.kernel_releases.join(" ")));
+            note.push_str(&format!(
+                ": inputs changed, base {}, kernels {}",
+                inputs.base_image_digest,
+                inputs.kernel_releases.join(" ")
+            ));
             self.record_inputs(&mut run, inputs, at);
         }
         self.event(EventType::Normal, events::RUN_STARTED, note);
@@ -454,7 +459,10 @@ impl<'a> Planner<'a> {
         progress(run, reasons::RESOLVING, "Resolving the run's inputs from the registries");
         let request = match self.resolve_request(ResolvePurpose::Run(run.number)) {
             Ok(request) => request,
-            Err(block) => return self.block(block),
+            Err(block) => {
+                self.wake_after_permanent_failure();
+                return self.block(block);
+            }
         };
         match self.lookup(RegistryWork::Resolve(request)) {
             Lookup::Pending => Flow::Stop,
@@ -636,7 +644,11 @@ impl<'a> Planner<'a> {
             self.fail(run, reasons::VERIFICATION_FAILED, "the run has no candidate to verify".into());
             return Flow::Stop;
         };
-        progress(run, reasons::VERIFYING, format!("Verifying {} for kernels {}", candidate.image, inputs.kernel_releases.join(" ")));
+        progress(
+            run,
+            reasons::VERIFYING,
+            format!("Verifying {} for kernels {}", candidate.image, inputs.kernel_releases.join(" ")),
+        );
         let request = VerifyRequest {
             image: candidate.image.clone(),
             kernel_releases: inputs.kernel_releases.clone(),
@@ -701,7 +713,11 @@ impl<'a> Planner<'a> {
                 }
             }
             if recorded.is_none() {
-                self.event(EventType::Normal, events::JOB_CREATED, format!("Created {} Job {name} for run {}", kind.as_str(), run.number));
+                self.event(
+                    EventType::Normal,
+                    events::JOB_CREATED,
+                    format!("Created {} Job {name} for run {}", kind.as_str(), run.number),
+                );
             }
             record(run, JobRef { name: name.clone(), uid: None });
             progress(run, running_reason, format!("{} Job {name} created", kind.as_str()));
@@ -777,7 +793,11 @@ impl<'a> Planner<'a> {
                 }
             }
             RunPhase::Failed if announce => {
-                self.event(EventType::Warning, events::RUN_FAILED, format!("Run {} failed ({reason}): {message}", run.number));
+                self.event(
+                    EventType::Warning,
+                    events::RUN_FAILED,
+                    format!("Run {} failed ({reason}): {message}", run.number),
+                );
             }
             _ => {}
         }
@@ -809,7 +829,10 @@ impl<'a> Planner<'a> {
                             json: json.clone(),
                         }),
                         Some(ObservedLock::KeyMissing) => {
-                            return Err(missing(format!("spec.inputLock.configMapRef: {where_} has no key {:?}", reference.key)));
+                            return Err(missing(format!(
+                                "spec.inputLock.configMapRef: {where_} has no key {:?}",
+                                reference.key
+                            )));
                         }
                         Some(ObservedLock::ConfigMapMissing) | None => {
                             return Err(missing(format!("spec.inputLock.configMapRef: {where_} not found")));
@@ -842,7 +865,10 @@ impl<'a> Planner<'a> {
             return Lookup::Done(&result.outcome, result.at);
         };
         let delay = self.input.config.retry.delay(failure.class, result.attempts);
-        let due = result.at.checked_add(SignedDuration::try_from(delay).unwrap_or(SignedDuration::MAX)).unwrap_or(Timestamp::MAX);
+        let due = result
+            .at
+            .checked_add(SignedDuration::try_from(delay).unwrap_or(SignedDuration::MAX))
+            .unwrap_or(Timestamp::MAX);
         if due <= self.now {
             self.work.push(work.clone());
         } else {
@@ -880,6 +906,13 @@ impl<'a> Planner<'a> {
                 message: format!("{what}: {} ({retry})", failure.message),
             },
         })
+    }
+
+    /// Something outside the build is missing (e.g. the lock ConfigMap): look again later even
+    /// if no watch tells us it appeared.
+    fn wake_after_permanent_failure(&mut self) {
+        let delay = SignedDuration::try_from(self.input.config.retry.permanent).unwrap_or(SignedDuration::MAX);
+        self.wake(self.now.checked_add(delay).unwrap_or(Timestamp::MAX));
     }
 
     fn wake(&mut self, at: Timestamp) {
@@ -953,7 +986,8 @@ impl<'a> Planner<'a> {
             &cluster.pinned_runs,
             self.spec().history_limit,
         );
-        let prune: Vec<String> = cluster.config_maps.iter().filter(|c| !keep.contains(&c.run)).map(|c| c.name.clone()).collect();
+        let prune: Vec<String> =
+            cluster.config_maps.iter().filter(|c| !keep.contains(&c.run)).map(|c| c.name.clone()).collect();
         for name in prune {
             self.delete_child(ChildKind::ConfigMap, name);
         }
@@ -972,7 +1006,8 @@ impl<'a> Planner<'a> {
             (None, true) => format!("{}-{}", run.number, inputs.fedora_version),
             (None, false) => format!("{CACHE_TAG_PREFIX}-{}", inputs.fedora_version),
         };
-        let image = RefBundle::new(&targets.image_repository, candidate.tag.as_deref().unwrap_or_default(), &candidate.digest);
+        let image =
+            RefBundle::new(&targets.image_repository, candidate.tag.as_deref().unwrap_or_default(), &candidate.digest);
         let akmods = RefBundle::new(akmods_repo, &akmods_tag, akmods_digest);
         let at = run.finished_at.as_ref().map_or(self.now, |t| t.0);
         Some(records::provenance_json(identity, inputs, image, akmods, at))
@@ -989,7 +1024,9 @@ impl<'a> Planner<'a> {
         self.conditions();
         self.status.observed_generation = self.generation;
         let mut wake = self.wake_at;
-        if let Some(next) = &self.status.next_scheduled_at {
+        // A tick that is already due is waiting for registry work (and its retry time), not for
+        // itself: counting it again would wake the controller every second.
+        if let Some(next) = self.status.next_scheduled_at.as_ref().filter(|t| t.0 > self.now) {
             wake = Some(wake.map_or(next.0, |w| w.min(next.0)));
         }
         let requeue_after = wake.map(|at| {
@@ -1020,7 +1057,8 @@ impl<'a> Planner<'a> {
         let (ready, reconciling, stalled) = match (&self.invalid, &run) {
             (Some(problems), _) => {
                 let d = DesiredCondition::new(condition_types::READY, FALSE, reasons::INVALID_SPEC, problems.clone());
-                let stalled = DesiredCondition::new(condition_types::STALLED, TRUE, reasons::INVALID_SPEC, problems.clone());
+                let stalled =
+                    DesiredCondition::new(condition_types::STALLED, TRUE, reasons::INVALID_SPEC, problems.clone());
                 let reconciling = in_progress.then(|| run_progress(run.as_ref().expect("in progress"), None));
                 (d, reconciling, Some(stalled))
             }
@@ -1121,9 +1159,13 @@ fn step_conditions(run: Option<&RunStatus>, block: Option<&Block>) -> Vec<Desire
         step_types::CANDIDATE_VERIFIED,
     ];
     let Some(run) = run else {
-        return types.iter().map(|t| DesiredCondition::new(t, UNKNOWN, reasons::NO_RUN, "No run has started")).collect();
+        return types
+            .iter()
+            .map(|t| DesiredCondition::new(t, UNKNOWN, reasons::NO_RUN, "No run has started"))
+            .collect();
     };
-    let failed_step = (run.phase == RunPhase::Failed).then(|| run.reason.as_deref().and_then(reasons::step_of)).flatten();
+    let failed_step =
+        (run.phase == RunPhase::Failed).then(|| run.reason.as_deref().and_then(reasons::step_of)).flatten();
     let message = run.message.clone().unwrap_or_default();
     // The step the run is working on shows its progress (or what blocks it).
     let working = |t: &str, reason: &str| -> DesiredCondition {
@@ -1139,15 +1181,25 @@ fn step_conditions(run: Option<&RunStatus>, block: Option<&Block>) -> Vec<Desire
             types[0],
             TRUE,
             reasons::RESOLVED,
-            format!("Run {}: {} kernel(s) {} from {} (Fedora {})", run.number, i.kernel_releases.len(), i.kernel_releases.join(" "), i.base_image_pinned, i.fedora_version),
+            format!(
+                "Run {}: {} kernel(s) {} from {} (Fedora {})",
+                run.number,
+                i.kernel_releases.len(),
+                i.kernel_releases.join(" "),
+                i.base_image_pinned,
+                i.fedora_version
+            ),
         ),
         None if run.phase == RunPhase::Resolving => working(types[0], reasons::RESOLVING),
         None if failed_step == Some(Step::Inputs) => failed(types[0]),
-        None => DesiredCondition::new(types[0], UNKNOWN, run.reason.as_deref().unwrap_or(reasons::NO_RUN), message.clone()),
+        None => {
+            DesiredCondition::new(types[0], UNKNOWN, run.reason.as_deref().unwrap_or(reasons::NO_RUN), message.clone())
+        }
     };
     let akmods = match run.akmods.as_ref().and_then(|a| a.image.as_ref().map(|image| (a, image))) {
         Some((a, image)) => {
-            let (reason, how) = if a.rebuilt { (reasons::AKMODS_BUILT, "built") } else { (reasons::CACHE_REUSABLE, "reused") };
+            let (reason, how) =
+                if a.rebuilt { (reasons::AKMODS_BUILT, "built") } else { (reasons::CACHE_REUSABLE, "reused") };
             DesiredCondition::new(types[1], TRUE, reason, format!("Run {}: akmods {how}: {image}", run.number))
         }
         None => match run.phase {
@@ -1159,7 +1211,11 @@ fn step_conditions(run: Option<&RunStatus>, block: Option<&Block>) -> Vec<Desire
     };
     let candidate = match &run.candidate {
         Some(c) => {
-            let reason = if run.mode == BuildMode::Validate { reasons::CANDIDATE_BUILT_NOT_PUSHED } else { reasons::CANDIDATE_PUSHED };
+            let reason = if run.mode == BuildMode::Validate {
+                reasons::CANDIDATE_BUILT_NOT_PUSHED
+            } else {
+                reasons::CANDIDATE_PUSHED
+            };
             DesiredCondition::new(types[2], TRUE, reason, format!("Run {}: {}", run.number, c.image))
         }
         None => match run.phase {
@@ -1180,7 +1236,12 @@ fn step_conditions(run: Option<&RunStatus>, block: Option<&Block>) -> Vec<Desire
         None => match run.phase {
             RunPhase::Verifying => working(types[3], reasons::VERIFYING),
             _ if failed_step == Some(Step::Verification) => failed(types[3]),
-            _ => DesiredCondition::new(types[3], UNKNOWN, reasons::WAITING_FOR_CANDIDATE, "Waiting for the candidate image"),
+            _ => DesiredCondition::new(
+                types[3],
+                UNKNOWN,
+                reasons::WAITING_FOR_CANDIDATE,
+                "Waiting for the candidate image",
+            ),
         },
     };
     vec![inputs, akmods, candidate, verified]

@@ -133,7 +133,9 @@ pub enum WorkOutcome {
     Resolved(Box<ResolvedInputs>),
     Cache(CacheVerdict),
     /// Whether the image exists (an "absent" registry answer is `false`).
-    Confirmed { present: bool },
+    Confirmed {
+        present: bool,
+    },
     Verified(VerificationResult),
     Failed(RegistryFailure),
 }
