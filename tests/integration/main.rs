@@ -5,4 +5,5 @@ mod support;
 
 mod crds;
 mod examples;
+mod plan_cli;
 mod registry_fixture;
