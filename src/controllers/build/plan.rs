@@ -290,7 +290,7 @@ impl<'a> Planner<'a> {
         if refresh.is_none() && self.tick_due.is_none() {
             return;
         }
-        let current = self.status.current_run.as_ref().expect("a run exists here");
+        let Some(current) = self.status.current_run.as_ref() else { return };
         let in_progress = !current.phase.is_terminal();
         let current_hash = current.inputs_hash.clone();
         if in_progress && current.inputs.is_none() {
@@ -435,7 +435,12 @@ impl<'a> Planner<'a> {
 
     fn drive_current_run(&mut self) {
         let Some(mut run) = self.status.current_run.take() else { return };
-        while !run.phase.is_terminal() {
+        // Each step either stops or moves forward; the bound only guards against a status that
+        // was edited into a contradiction (steps send such a run back to the step it lacks).
+        for _ in 0..16 {
+            if run.phase.is_terminal() {
+                break;
+            }
             let flow = match run.phase {
                 RunPhase::Resolving => self.step_resolve(&mut run),
                 RunPhase::CheckingCache => self.step_cache(&mut run),
@@ -487,7 +492,7 @@ impl<'a> Planner<'a> {
     }
 
     fn step_cache(&mut self, run: &mut RunStatus) -> Flow {
-        let inputs = run.inputs.clone().expect("inputs are resolved before the cache step");
+        let Some(inputs) = run.inputs.clone() else { return back_to(run, RunPhase::Resolving) };
         let targets = run_targets(self.spec(), run.number, &inputs.fedora_version);
         progress(run, reasons::CHECKING_CACHE, format!("Checking akmods cache {}", targets.cache_source));
         let request = cache_request(&targets.cache_source, &inputs);
@@ -537,7 +542,7 @@ impl<'a> Planner<'a> {
     }
 
     fn step_akmods(&mut self, run: &mut RunStatus) -> Flow {
-        let inputs = run.inputs.clone().expect("inputs are resolved before the akmods step");
+        let Some(inputs) = run.inputs.clone() else { return back_to(run, RunPhase::Resolving) };
         let targets = run_targets(self.spec(), run.number, &inputs.fedora_version);
         let hash = run.inputs_hash.clone().unwrap_or_default();
         let outcome = self.job_step(run, JobKind::Akmods, |planner, number| {
@@ -548,7 +553,12 @@ impl<'a> Planner<'a> {
             JobOutcome::Waiting => return Flow::Stop,
             JobOutcome::Failed => return Flow::Stop,
             JobOutcome::Done(BuilderResult::Akmods { digest, kernel_releases }) => (digest, kernel_releases),
-            JobOutcome::Done(BuilderResult::Image { .. }) => unreachable!("result_for_job parses by Job kind"),
+            JobOutcome::Done(BuilderResult::Image { digest }) => {
+                // result_for_job parses by Job kind; keep bad input from ever panicking anyway.
+                let message = format!("akmods Job reported an image result ({digest})");
+                self.fail(run, reasons::AKMODS_RESULT_INVALID, message);
+                return Flow::Stop;
+            }
         };
         let job = jobs::job_name(&self.name, run.number, JobKind::Akmods);
         let missing: Vec<&String> = inputs.kernel_releases.iter().filter(|k| !covered.contains(k)).collect();
@@ -592,12 +602,11 @@ impl<'a> Planner<'a> {
     }
 
     fn step_image(&mut self, run: &mut RunStatus) -> Flow {
-        let inputs = run.inputs.clone().expect("inputs are resolved before the image step");
+        let Some(inputs) = run.inputs.clone() else { return back_to(run, RunPhase::Resolving) };
         let targets = run_targets(self.spec(), run.number, &inputs.fedora_version);
         let hash = run.inputs_hash.clone().unwrap_or_default();
         let Some(akmods_image) = run.akmods.as_ref().and_then(|a| a.image.clone()) else {
-            self.fail(run, reasons::RENDER_FAILED, "the run has no akmods image to build with".into());
-            return Flow::Stop;
+            return back_to(run, RunPhase::CheckingCache);
         };
         let outcome = self.job_step(run, JobKind::Image, |planner, number| {
             let ji = planner.job_inputs(number, &inputs, &hash, &targets);
@@ -639,10 +648,9 @@ impl<'a> Planner<'a> {
     }
 
     fn step_verify(&mut self, run: &mut RunStatus) -> Flow {
-        let inputs = run.inputs.clone().expect("inputs are resolved before verification");
+        let Some(inputs) = run.inputs.clone() else { return back_to(run, RunPhase::Resolving) };
         let Some(candidate) = run.candidate.clone() else {
-            self.fail(run, reasons::VERIFICATION_FAILED, "the run has no candidate to verify".into());
-            return Flow::Stop;
+            return back_to(run, RunPhase::BuildingImage);
         };
         progress(
             run,
@@ -1059,7 +1067,7 @@ impl<'a> Planner<'a> {
                 let d = DesiredCondition::new(condition_types::READY, FALSE, reasons::INVALID_SPEC, problems.clone());
                 let stalled =
                     DesiredCondition::new(condition_types::STALLED, TRUE, reasons::INVALID_SPEC, problems.clone());
-                let reconciling = in_progress.then(|| run_progress(run.as_ref().expect("in progress"), None));
+                let reconciling = run.as_ref().filter(|_| in_progress).map(|r| run_progress(r, None));
                 (d, reconciling, Some(stalled))
             }
             (None, None) => {
@@ -1131,6 +1139,13 @@ impl<'a> Planner<'a> {
         };
         conditions.sort_by_key(|c| order(&c.type_));
     }
+}
+
+/// A status edited by hand (or written by another version) may lack what a phase relies on:
+/// redo the step that produces it instead of trusting the phase.
+fn back_to(run: &mut RunStatus, phase: RunPhase) -> Flow {
+    run.phase = phase;
+    Flow::Continue
 }
 
 fn progress(run: &mut RunStatus, reason: &str, message: impl Into<String>) {

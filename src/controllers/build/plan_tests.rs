@@ -981,3 +981,22 @@ fn every_plan_is_stable_when_nothing_changes() {
     w.complete("zib-1-image", &image_result());
     step(&mut w);
 }
+
+#[test]
+fn a_contradictory_status_is_repaired_instead_of_trusted() {
+    // A status edited by hand: Verifying, but no inputs and no candidate.
+    let mut w = World::new("Main", "");
+    w.registry.cache = CacheStatus::Reusable;
+    w.reconcile();
+    let mut status = w.status().clone();
+    let run = status.current_run.as_mut().unwrap();
+    run.phase = RunPhase::Verifying;
+    run.inputs = None;
+    run.candidate = None;
+    run.akmods = None;
+    w.build.status = Some(status);
+    w.reconcile();
+    assert_eq!(w.run().phase, RunPhase::BuildingImage);
+    assert!(w.run().inputs.is_some() && w.run().akmods.as_ref().unwrap().image.is_some());
+    assert_eq!(w.cluster.jobs.len(), 1, "the existing image Job is reused");
+}
