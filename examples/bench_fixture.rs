@@ -16,7 +16,7 @@
 //! - `bench/promote-candidate:1-43`: an image with one `--big-layer-mib` layer (promotion benchmark).
 
 #[path = "../tests/support/mod.rs"]
-#[allow(dead_code, unused_imports)]
+#[allow(unused_imports)]
 mod support;
 
 use std::collections::BTreeMap;
