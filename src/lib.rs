@@ -16,3 +16,6 @@ pub mod jobs;
 pub mod pipeline;
 pub mod registry;
 pub mod tls;
+
+#[cfg(test)]
+pub(crate) mod test_support;

@@ -480,11 +480,19 @@ pub struct RunStatus {
     /// Whether the run rebuilds the akmods cache even when the cache covers its kernels.
     #[serde(default)]
     pub force_akmods_rebuild: bool,
+    /// Hash of the spec fields that shape what a run builds (everything except `suspend`,
+    /// `schedule`, `rebuildAkmodsOnSchedule`, `historyLimit` and `builder`); a change starts a
+    /// new run, a change of the others does not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec_hash: Option<String>,
     /// When the run started.
     pub started_at: Time,
     /// When the run finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<Time>,
+    /// When the run's inputs were resolved (the `generated_at` of its `build-inputs.json`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_at: Option<Time>,
     /// The resolved inputs, fixed for the whole run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inputs: Option<ResolvedInputs>,
@@ -503,6 +511,10 @@ pub struct RunStatus {
     /// Verification of the candidate from the registry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verification: Option<VerificationResult>,
+    /// CamelCase reason of the run's state (e.g. `BuildingImage`, `AkmodsJobFailed`); the same
+    /// reason the conditions show.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// Human-readable state or failure reason.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
@@ -715,6 +727,9 @@ pub struct RunSummary {
     /// When the run finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<Time>,
+    /// CamelCase reason of the final state (e.g. `Succeeded`, `VerificationFailed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// Failure reason or summary.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,

@@ -2,6 +2,7 @@
 
 pub mod common;
 mod crd;
+pub mod plan;
 
 use std::error::Error as StdError;
 use std::path::PathBuf;
@@ -14,6 +15,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 pub enum Error {
     #[error(transparent)]
     Api(#[from] crate::api::Error),
+    #[error(transparent)]
+    Plan(#[from] plan::Error),
     #[error("cannot write {path}: {source}")]
     Write {
         path: PathBuf,
@@ -45,6 +48,9 @@ pub enum LogFormat {
 pub enum Command {
     /// Print both CRDs as YAML (the committed crds/ equal this output).
     Crd(crd::CrdArgs),
+    /// Print what a run of a ZfsImageBuild would do (inputs, cache decision, Jobs, ConfigMaps,
+    /// tags), offline, with the controller's own planner.
+    Plan(plan::PlanArgs),
 }
 
 /// Logs go to stderr so stdout stays machine-readable; `RUST_LOG` filters (default `info`).
@@ -62,6 +68,7 @@ pub fn init_logging(cli: &Cli) {
 pub async fn run(cli: Cli) -> Result<ExitCode, Error> {
     match cli.command {
         Command::Crd(args) => crd::run(&args),
+        Command::Plan(args) => Ok(plan::run(&args)?),
     }
 }
 

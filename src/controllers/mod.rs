@@ -1,3 +1,4 @@
 //! The Kubernetes controllers (`ZfsImageBuild`, `Promotion`) and the status logic they share.
 
+pub mod build;
 pub mod conditions;

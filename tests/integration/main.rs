@@ -6,5 +6,6 @@ mod support;
 mod crds;
 mod examples;
 mod layer_walker;
+mod plan_cli;
 mod registry_fixture;
 mod registry_layer;

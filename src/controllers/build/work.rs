@@ -1,0 +1,258 @@
+//! Registry work the planner asks for, and its results as plain data.
+//!
+//! The planner never talks to a registry. It returns [`RegistryWork`] items; the controller does
+//! them (with the registry layer, the resolver, the cache decision and the verifier) and records
+//! each outcome in [`RegistryResults`], keyed by the exact request, then plans again. A request
+//! that changes (other inputs, another run, another tick) is a new key, so a stale result can
+//! never be applied to a different question.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use k8s_openapi::jiff::Timestamp;
+
+use crate::api::build::{CacheCheckMethod, CacheStatus, ResolvedInputs, VerificationResult};
+
+/// One piece of registry work.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RegistryWork {
+    /// Resolve the inputs (R2, or R14 with a lock). Answer: [`WorkOutcome::Resolved`].
+    Resolve(ResolveRequest),
+    /// Decide whether the akmods cache image (by tag) covers the kernels (R4). Answer:
+    /// [`WorkOutcome::Cache`] with `source_image` by digest.
+    CheckCache(CacheRequest),
+    /// Confirm the akmods image an akmods Job reported (by digest): the same cache decision on
+    /// that digest must say `Reusable`. Answer: [`WorkOutcome::Cache`].
+    ConfirmAkmods(CacheRequest),
+    /// Confirm that the image an image Job reported exists (`image` is `NAME@sha256:...`).
+    /// Answer: [`WorkOutcome::Confirmed`].
+    ConfirmImage { image: String },
+    /// Verify the candidate by digest (R10). Answer: [`WorkOutcome::Verified`].
+    Verify(VerifyRequest),
+}
+
+impl RegistryWork {
+    /// Short name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RegistryWork::Resolve(_) => "resolve",
+            RegistryWork::CheckCache(_) => "check-cache",
+            RegistryWork::ConfirmAkmods(_) => "confirm-akmods",
+            RegistryWork::ConfirmImage { .. } => "confirm-image",
+            RegistryWork::Verify(_) => "verify",
+        }
+    }
+}
+
+/// Why inputs are resolved; part of the key so each run, tick and refresh request gets its own
+/// fresh answer.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ResolvePurpose {
+    /// The inputs of run N.
+    Run(i64),
+    /// The schedule tick at this time (`YYYY-MM-DDTHH:MM:SSZ`).
+    Schedule(String),
+    /// The `refresh-requested-at` annotation with this value.
+    Refresh(String),
+}
+
+/// Input resolution, with exactly the parameters of `kinoite-zfs-operator resolve`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ResolveRequest {
+    pub purpose: ResolvePurpose,
+    pub base_image: String,
+    pub builder_image: String,
+    pub zfs_minor_version: String,
+    pub akmods_ref: String,
+    /// Replay lock: its JSON text and where it came from (`inline` or `configmap/<name>/<key>`).
+    pub lock: Option<LockRequest>,
+}
+
+/// A replay lock for the resolver (validated there, R14).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LockRequest {
+    pub path: String,
+    pub json: String,
+}
+
+/// A cache decision for `image` (a tag for [`RegistryWork::CheckCache`], a digest reference for
+/// [`RegistryWork::ConfirmAkmods`]) and the run's inputs.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CacheRequest {
+    pub image: String,
+    pub kernel_releases: Vec<String>,
+    pub zfs_minor_version: String,
+    pub akmods_ref: String,
+    pub builder_digest: String,
+}
+
+/// Candidate verification by digest.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct VerifyRequest {
+    /// `NAME@sha256:...`.
+    pub image: String,
+    pub kernel_releases: Vec<String>,
+    /// The pinned base (`NAME@sha256:...`) so only the layers on top of it are read.
+    pub base_image: Option<String>,
+}
+
+/// A cache verdict (`cache-check`'s answer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheVerdict {
+    pub status: CacheStatus,
+    pub missing_kernels: Vec<String>,
+    pub method: Option<CacheCheckMethod>,
+    /// The checked image by digest (`NAME@sha256:...`) when it exists, else as requested.
+    pub source_image: String,
+    /// Why it is not reusable (e.g. built from another ZFS line).
+    pub reason: Option<String>,
+}
+
+/// How a registry operation failed. Only "absent" is ever an answer; it is never a failure
+/// (design §3 invariant 4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureClass {
+    /// Unreachable, 5xx, rate limited: retried with backoff, the run waits (`Reconciling`).
+    Transient,
+    /// 401/403: never a rebuild; `Stalled` until credentials work (H5).
+    Unauthorized,
+    /// Anything a retry cannot fix (bad label, invalid lock, no immutable tag): `Stalled`.
+    Permanent,
+}
+
+/// A failed registry operation. `message` must not contain credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryFailure {
+    pub class: FailureClass,
+    pub message: String,
+}
+
+/// The answer to one piece of work.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WorkOutcome {
+    Resolved(Box<ResolvedInputs>),
+    Cache(CacheVerdict),
+    /// Whether the image exists (an "absent" registry answer is `false`).
+    Confirmed {
+        present: bool,
+    },
+    Verified(VerificationResult),
+    Failed(RegistryFailure),
+}
+
+/// An outcome, when it was obtained, and how many transient failures in a row led to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryResult {
+    pub outcome: WorkOutcome,
+    pub at: Timestamp,
+    /// 1 for a first answer; +1 for each transient failure that follows a transient failure.
+    pub attempts: u32,
+}
+
+/// Outcomes of registry work for one build, kept by the controller between plans (in memory:
+/// after a restart the work is simply done again; every request is a read).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RegistryResults {
+    entries: BTreeMap<RegistryWork, RegistryResult>,
+}
+
+impl RegistryResults {
+    pub fn get(&self, work: &RegistryWork) -> Option<&RegistryResult> {
+        self.entries.get(work)
+    }
+
+    /// Records the outcome of `work` obtained at `at`.
+    pub fn record(&mut self, work: RegistryWork, outcome: WorkOutcome, at: Timestamp) {
+        let transient = |o: &WorkOutcome| matches!(o, WorkOutcome::Failed(f) if f.class == FailureClass::Transient);
+        let attempts = match self.entries.get(&work) {
+            Some(previous) if transient(&previous.outcome) && transient(&outcome) => previous.attempts + 1,
+            _ => 1,
+        };
+        self.entries.insert(work, RegistryResult { outcome, at, attempts });
+    }
+
+    /// Drops every result the last plan no longer needs ([`super::plan::Plan::keep_results`]).
+    pub fn retain(&mut self, keep: &BTreeSet<RegistryWork>) {
+        self.entries.retain(|work, _| keep.contains(work));
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// Retry timing for failed registry work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// First retry after a transient failure; doubles per attempt.
+    pub transient_base: Duration,
+    /// Longest wait between transient retries.
+    pub transient_max: Duration,
+    /// Wait before re-checking after an unauthorized or permanent failure (a cheap read, so a
+    /// fixed Secret or registry heals without a human, but never a hot loop).
+    pub permanent: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            transient_base: Duration::from_secs(10),
+            transient_max: Duration::from_secs(300),
+            permanent: Duration::from_secs(900),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// How long after a failure of `class` (the `attempts`-th in a row) to try again.
+    pub fn delay(&self, class: FailureClass, attempts: u32) -> Duration {
+        match class {
+            FailureClass::Transient => {
+                let factor = 1u32 << attempts.saturating_sub(1).min(16);
+                self.transient_base.saturating_mul(factor).min(self.transient_max)
+            }
+            FailureClass::Unauthorized | FailureClass::Permanent => self.permanent,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn work() -> RegistryWork {
+        RegistryWork::ConfirmImage { image: "r/x@sha256:1".into() }
+    }
+
+    fn failed(class: FailureClass) -> WorkOutcome {
+        WorkOutcome::Failed(RegistryFailure { class, message: "x".into() })
+    }
+
+    #[test]
+    fn consecutive_transient_failures_count_attempts() {
+        let mut r = RegistryResults::default();
+        let t = Timestamp::UNIX_EPOCH;
+        r.record(work(), failed(FailureClass::Transient), t);
+        r.record(work(), failed(FailureClass::Transient), t);
+        assert_eq!(r.get(&work()).unwrap().attempts, 2);
+        r.record(work(), failed(FailureClass::Unauthorized), t);
+        assert_eq!(r.get(&work()).unwrap().attempts, 1);
+        r.record(work(), WorkOutcome::Confirmed { present: true }, t);
+        assert_eq!(r.get(&work()).unwrap().attempts, 1);
+        r.retain(&BTreeSet::new());
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let p = RetryPolicy::default();
+        assert_eq!(p.delay(FailureClass::Transient, 1), Duration::from_secs(10));
+        assert_eq!(p.delay(FailureClass::Transient, 3), Duration::from_secs(40));
+        assert_eq!(p.delay(FailureClass::Transient, 40), Duration::from_secs(300));
+        assert_eq!(p.delay(FailureClass::Unauthorized, 1), Duration::from_secs(900));
+    }
+}
