@@ -5,6 +5,7 @@
 pub mod hashing;
 pub mod kernels;
 pub mod layers;
+pub mod promote;
 pub mod records;
 pub mod schedule;
 pub mod targets;

@@ -13,6 +13,8 @@ mod auth;
 mod classify;
 mod client;
 pub mod credentials;
+#[cfg(test)]
+pub(crate) mod fake;
 mod manifest;
 mod metrics;
 mod pool;
