@@ -3,6 +3,7 @@
 pub mod common;
 mod crd;
 pub mod plan;
+pub mod promote;
 
 use std::error::Error as StdError;
 use std::path::PathBuf;
@@ -17,6 +18,8 @@ pub enum Error {
     Api(#[from] crate::api::Error),
     #[error(transparent)]
     Plan(#[from] plan::Error),
+    #[error(transparent)]
+    Promote(#[from] promote::Error),
     #[error("cannot write {path}: {source}")]
     Write {
         path: PathBuf,
@@ -51,6 +54,9 @@ pub enum Command {
     /// Print what a run of a ZfsImageBuild would do (inputs, cache decision, Jobs, ConfigMaps,
     /// tags), offline, with the controller's own planner.
     Plan(plan::PlanArgs),
+    /// Move stable tags to a verified candidate by digest: audit tag, akmods alignment,
+    /// compare-and-swap; nothing moves when a precondition fails.
+    Promote(promote::PromoteArgs),
 }
 
 /// Logs go to stderr so stdout stays machine-readable; `RUST_LOG` filters (default `info`).
@@ -69,6 +75,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Error> {
     match cli.command {
         Command::Crd(args) => crd::run(&args),
         Command::Plan(args) => Ok(plan::run(&args)?),
+        Command::Promote(args) => Ok(promote::run(&args).await?),
     }
 }
 

@@ -7,5 +7,6 @@ mod crds;
 mod examples;
 mod layer_walker;
 mod plan_cli;
+mod promote;
 mod registry_fixture;
 mod registry_layer;
