@@ -4,7 +4,7 @@
 //! after any prefix of the steps ran yields the same steps with that prefix done, which is what
 //! makes a repeated or resumed promotion converge (design §3 invariant 7).
 //!
-//! Order of the writes (docs/decisions.md, "Promotion order"):
+//! Order of the writes (why: docs/decisions.md, "Promotion"):
 //! 1. `copy-image`, `copy-akmods`: content by digest into the stable repositories. Invisible to
 //!    anyone pulling by tag, so a failure here leaves nothing moved.
 //! 2. `audit-tag`: the immutable record, written before any channel moves, so a stable tag never
@@ -15,11 +15,12 @@
 //!    and a resumed run completes it.
 //! 5. `confirm`: every written tag re-read.
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
 use super::Error;
 use super::observe::{Content, Observed, Source, TagState};
 use super::request::{ABSENT, PromotionRequest, StableExpectation};
 use crate::api::promotion::{PromotionProgress, PromotionStep, StepState};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 /// Why a promotion was refused; the CamelCase value is the `Stalled`/history reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
