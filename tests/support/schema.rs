@@ -83,6 +83,51 @@ pub fn validate_against_crd(
     validate(&schema, object, unknown)
 }
 
+/// Paths of the fields of `object` (a whole custom resource) that `schema` does not declare, as
+/// strict field validation reports them (`spec.foo`, `spec.items[0].bar`).
+pub fn unknown_fields(schema: &Value, object: &Value) -> Vec<String> {
+    let mut found = Vec::new();
+    if let (Some(map), Some(props)) = (object.as_object(), schema.get("properties").and_then(Value::as_object)) {
+        for (key, value) in map {
+            if ["apiVersion", "kind", "metadata"].contains(&key.as_str()) {
+                continue;
+            }
+            match props.get(key) {
+                Some(prop) => collect_unknown(prop, value, key, &mut found),
+                None if !preserves_unknown(schema) => found.push(key.clone()),
+                None => {}
+            }
+        }
+    }
+    found
+}
+
+fn collect_unknown(schema: &Value, value: &Value, path: &str, found: &mut Vec<String>) {
+    if preserves_unknown(schema) {
+        return;
+    }
+    match value {
+        Value::Object(map) => {
+            let props = schema.get("properties").and_then(Value::as_object);
+            let additional = schema.get("additionalProperties").filter(|a| a.is_object());
+            for (key, v) in map {
+                match (props.and_then(|p| p.get(key)), additional) {
+                    (Some(prop), _) | (None, Some(prop)) => collect_unknown(prop, v, &join(path, key), found),
+                    (None, None) => found.push(join(path, key)),
+                }
+            }
+        }
+        Value::Array(items) => {
+            if let Some(item_schema) = schema.get("items") {
+                for (i, item) in items.iter().enumerate() {
+                    collect_unknown(item_schema, item, &format!("{path}[{i}]"), found);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
 fn preserves_unknown(schema: &Value) -> bool {
     schema.get("x-kubernetes-preserve-unknown-fields").and_then(Value::as_bool).unwrap_or(false)
 }
