@@ -22,7 +22,7 @@ pub enum ApiError {
     Conflict { group: String, resource: String, name: String, reason: String },
     #[error("Apply failed with {} conflict{}: {}", conflicts.len(), if conflicts.len() == 1 { "" } else { "s" }, conflicts.join("\n"))]
     ApplyConflict { group: String, resource: String, name: String, conflicts: Vec<String> },
-    #[error("{kind} \"{name}\" is invalid: {}", render_causes(causes))]
+    #[error("{} \"{name}\" is invalid: {}", qualify(kind, group), render_causes(causes))]
     Invalid { group: String, kind: String, name: String, causes: Vec<Cause> },
     /// A JSON patch that cannot be applied (a failed `test`, a missing path): 422 like the apiserver.
     #[error("{0}")]
@@ -44,6 +44,10 @@ pub enum ApiError {
     /// A failure injected by a test (`ApiSim::fail_next`).
     #[error("injected failure ({code}) for {verb} {resource}")]
     Injected { code: u16, verb: String, resource: String },
+}
+
+fn qualify(kind: &str, group: &str) -> String {
+    if group.is_empty() { kind.to_string() } else { format!("{kind}.{group}") }
 }
 
 fn render_causes(causes: &[Cause]) -> String {

@@ -105,11 +105,6 @@ impl ResourceType {
     pub fn qualified(&self) -> String {
         self.group_resource().qualified()
     }
-
-    /// `Job.batch`-style name used in Invalid messages.
-    pub fn qualified_kind(&self) -> String {
-        if self.group.is_empty() { self.kind.clone() } else { format!("{}.{}", self.kind, self.group) }
-    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -169,7 +164,7 @@ pub fn builtins() -> Vec<ResourceType> {
 fn invalid_crd(name: &str, causes: Vec<Cause>) -> ApiError {
     ApiError::Invalid {
         group: "apiextensions.k8s.io".into(),
-        kind: "CustomResourceDefinition.apiextensions.k8s.io".into(),
+        kind: "CustomResourceDefinition".into(),
         name: name.into(),
         causes,
     }

@@ -281,7 +281,7 @@ fn dispatch(shared: &Arc<Shared>, path: &str, req: &Req) -> Result<Reply, ApiErr
             if send_initial == Some(true) && req.q("resourceVersionMatch") != Some("NotOlderThan") {
                 return Err(ApiError::Invalid {
                     group: "meta.k8s.io".into(),
-                    kind: "ListOptions.meta.k8s.io".into(),
+                    kind: "ListOptions".into(),
                     name: String::new(),
                     causes: vec![super::error::Cause {
                         field: "resourceVersionMatch".into(),

@@ -57,7 +57,7 @@ impl Target {
     }
 
     fn invalid(&self, name: &str, causes: Vec<Cause>) -> ApiError {
-        ApiError::Invalid { group: self.t.group.clone(), kind: self.t.qualified_kind(), name: name.into(), causes }
+        ApiError::Invalid { group: self.t.group.clone(), kind: self.t.kind.clone(), name: name.into(), causes }
     }
 }
 
