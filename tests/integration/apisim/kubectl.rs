@@ -152,3 +152,37 @@ async fn kubectl_server_side_apply_and_builtin_strategic_merge() {
     assert_eq!(stored["metadata"]["labels"], serde_json::json!({"b": "two"}));
     assert_eq!(sim.stats().requests(Verb::Patch, "configmaps"), 1);
 }
+
+#[tokio::test]
+async fn kubectl_generators_explain_and_describe() {
+    let sim = ApiSim::start();
+    sim.kubectl(&["apply", "-f", &repo("crds")]).await.ok();
+    // Generators send protobuf bodies; the simulator decodes the kinds they create.
+    assert_eq!(
+        sim.kubectl(&["create", "namespace", "kinoite-builds"]).await.ok().trim(),
+        "namespace/kinoite-builds created"
+    );
+    sim.kubectl(&["create", "configmap", "settings", "-n", "kinoite-builds", "--from-literal=a=b"]).await.ok();
+    sim.kubectl(&["create", "secret", "generic", "ghcr-push", "-n", "kinoite-builds", "--from-literal=token=t0k"])
+        .await
+        .ok();
+    let secret = sim.object("secrets", "kinoite-builds", "ghcr-push").unwrap();
+    assert_eq!((secret["type"].as_str(), secret["data"]["token"].as_str()), (Some("Opaque"), Some("dDBr")));
+    assert_eq!(sim.object("configmaps", "kinoite-builds", "settings").unwrap()["data"]["a"], "b");
+
+    // (kubectl refreshes its discovery cache when apply meets the new kind; explain would not.)
+    sim.kubectl(&["apply", "-f", &repo("docs/examples/main-build.yaml")]).await.ok();
+    // The CRD schemas are published in OpenAPI v3, so explain shows the field documentation.
+    let explained = sim.kubectl(&["explain", "zib.spec.mode"]).await.ok();
+    assert!(explained.contains("FIELD: mode <string>") && explained.contains("Validate"), "{explained}");
+    let described = sim.kubectl(&["describe", "zib", "kinoite-zfs", "-n", "kinoite-builds"]).await.ok();
+    assert!(described.contains("Kind:         ZfsImageBuild"), "{described}");
+    sim.kubectl(&["label", "zib", "kinoite-zfs", "-n", "kinoite-builds", "channel=stable"]).await.ok();
+    let labels = sim.kubectl(&["get", "zib", "-n", "kinoite-builds", "-l", "channel=stable", "-o", "name"]).await.ok();
+    assert_eq!(labels.trim(), "zfsimagebuild.kinoite-zfs.io/kinoite-zfs");
+
+    // Deleting the namespace takes its content with it.
+    sim.kubectl(&["delete", "namespace", "kinoite-builds"]).await.ok();
+    assert!(sim.object("zfsimagebuilds", "kinoite-builds", "kinoite-zfs").is_none());
+    assert!(sim.object("namespaces", "", "kinoite-builds").is_none());
+}

@@ -87,7 +87,9 @@ pub fn default(kind: Builtin, object: &mut Value, uid: &str, name: &str) {
         }
         Builtin::Secret => {
             let Some(map) = object.as_object_mut() else { return };
-            set_default(map, "type", json!("Opaque"));
+            if map.get("type").and_then(Value::as_str).is_none_or(str::is_empty) {
+                map.insert("type".into(), json!("Opaque"));
+            }
             // stringData is write-only: merged into data (base64) and dropped.
             if let Some(Value::Object(string_data)) = map.remove("stringData") {
                 let data = map.entry("data").or_insert_with(|| json!({}));

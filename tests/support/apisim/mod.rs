@@ -22,6 +22,7 @@ mod error;
 mod meta;
 mod openapi;
 mod patch;
+mod proto;
 mod render;
 mod resources;
 mod selector;

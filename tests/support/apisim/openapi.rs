@@ -5,7 +5,8 @@
 //! of that kind that lists a `fieldValidation` query parameter; without it kubectl falls back to
 //! client-side validation against `/openapi/v2`, which would need full schemas. So each served
 //! group version gets a document with one PATCH operation per kind carrying that parameter and
-//! the `x-kubernetes-group-version-kind` extension, and nothing else. The operations have no
+//! the `x-kubernetes-group-version-kind` extension, plus the CRD schemas (for `kubectl explain`;
+//! built-in kinds have none). The operations have no
 //! request body, which tells `kubectl apply` that the document offers no strategic-merge schema:
 //! it then uses its compiled-in types for built-in kinds (strategic merge patch) and JSON merge
 //! patch for custom resources, exactly as with a real server. `/openapi/v2` answers 404.
@@ -63,6 +64,7 @@ pub fn document<'a>(types: impl Iterator<Item = &'a ResourceType>, path: &str) -
 
 fn document_for(kinds: &[(&ResourceType, String)]) -> Value {
     let mut paths = serde_json::Map::new();
+    let mut schemas = serde_json::Map::new();
     for (t, version) in kinds {
         let prefix =
             if t.group.is_empty() { format!("/api/{version}") } else { format!("/apis/{}/{version}", t.group) };
@@ -86,11 +88,18 @@ fn document_for(kinds: &[(&ResourceType, String)]) -> Value {
                 "responses": {"200": {"description": "OK"}},
             }}),
         );
+        // CRD schemas are published so `kubectl explain` works for custom resources.
+        if let Some(schema) = t.schema(version) {
+            let mut schema = schema.clone();
+            schema["x-kubernetes-group-version-kind"] = json!([{"group": t.group, "version": version, "kind": t.kind}]);
+            let reversed: Vec<&str> = t.group.split('.').rev().collect();
+            schemas.insert(format!("{}.{version}.{}", reversed.join("."), t.kind), schema);
+        }
     }
     json!({
         "openapi": "3.0.0",
         "info": {"title": "Kubernetes", "version": "v1.33.0"},
         "paths": paths,
-        "components": {"schemas": {}},
+        "components": {"schemas": schemas},
     })
 }

@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 
 use super::error::{ApiError, success_status};
 use super::meta::meta_str;
+use super::proto::{self, ProtoError};
 use super::render::{self, Repr};
 use super::resources;
 use super::selector::{FieldSelector, LabelSelector};
@@ -404,7 +405,13 @@ fn write_params(req: &Req) -> Result<WriteParams, ApiError> {
 
 fn decode_body(req: &Req) -> Result<Value, ApiError> {
     let content_type = req.header("content-type");
-    if content_type.contains("protobuf") || content_type.contains("cbor") {
+    if content_type.contains("protobuf") {
+        return proto::decode(&req.body).map_err(|e| match e {
+            ProtoError::Unsupported(_) => ApiError::UnsupportedMediaType(e.to_string()),
+            _ => ApiError::BadRequest(e.to_string()),
+        });
+    }
+    if content_type.contains("cbor") {
         return Err(ApiError::UnsupportedMediaType(format!("{content_type} is not served by the simulator; use JSON")));
     }
     if content_type.contains("yaml") {

@@ -841,6 +841,10 @@ impl<'a> Api<'a> {
             return Ok(last.value.clone());
         }
         let stored = self.store.put(key, new);
+        // A terminating namespace whose own finalizers were just removed may be done now.
+        if target.t.builtin == Some(Builtin::Namespace) && meta::is_deleting(&stored.value) {
+            self.queue.push_back(Work::Namespace(key.name.clone()));
+        }
         if target.t.builtin == Some(Builtin::CustomResourceDefinition) {
             let t = resources::from_crd(&stored.value).expect("admitted CRDs are valid");
             self.store.register(t);
