@@ -285,7 +285,7 @@ fn check_string(schema: &Value, s: &str, shown: &str, errors: &mut Vec<String>) 
         errors.push(format!("{shown}: may not be longer than {max} characters"));
     }
     if let Some(pattern) = schema.get("pattern").and_then(Value::as_str) {
-        match regex::Regex::new(pattern) {
+        match compiled(pattern) {
             Ok(re) if re.is_match(s) => {}
             Ok(_) => errors.push(format!("{shown}: {s:?} does not match pattern {pattern:?}")),
             Err(e) => errors.push(format!("{shown}: schema pattern {pattern:?} does not compile: {e}")),
@@ -296,6 +296,19 @@ fn check_string(schema: &Value, s: &str, shown: &str, errors: &mut Vec<String>) 
     {
         errors.push(format!("{shown}: {s:?} is not an RFC 3339 date-time"));
     }
+}
+
+/// Schema patterns compiled once per process: compiling dominates validation otherwise, and the
+/// API simulator validates on every write. Shared through `Arc`, as a cloned `Regex` would start
+/// with a cold matching cache every time.
+fn compiled(pattern: &str) -> Result<std::sync::Arc<regex::Regex>, String> {
+    type Cache = std::collections::HashMap<String, Result<std::sync::Arc<regex::Regex>, String>>;
+    static CACHE: std::sync::OnceLock<std::sync::Mutex<Cache>> = std::sync::OnceLock::new();
+    let mut cache = CACHE.get_or_init(Default::default).lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    cache
+        .entry(pattern.to_string())
+        .or_insert_with(|| regex::Regex::new(pattern).map(std::sync::Arc::new).map_err(|e| e.to_string()))
+        .clone()
 }
 
 fn check_number(schema: &Value, n: f64, shown: &str, errors: &mut Vec<String>) {

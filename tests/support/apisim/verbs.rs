@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use base64::Engine;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use super::apply::{self, Applier, Scope};
 use super::builtin;
@@ -209,21 +209,17 @@ fn strip_system_meta(object: &mut Value) {
     }
 }
 
-/// The part of an object whose change bumps `metadata.generation`.
-fn spec_part(object: &Value, status_subresource: bool) -> Map<String, Value> {
-    object
-        .as_object()
-        .map(|m| {
-            m.iter()
-                .filter(|(k, _)| match k.as_str() {
-                    "metadata" | "apiVersion" | "kind" => false,
-                    "status" => !status_subresource,
-                    _ => true,
-                })
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect()
-        })
-        .unwrap_or_default()
+/// Whether the part of an object that `metadata.generation` follows differs (everything but
+/// metadata, and status when it is a subresource).
+fn spec_changed(old: &Value, new: &Value, status_subresource: bool) -> bool {
+    let counts = |k: &str| match k {
+        "metadata" | "apiVersion" | "kind" => false,
+        "status" => !status_subresource,
+        _ => true,
+    };
+    let (Some(old), Some(new)) = (old.as_object(), new.as_object()) else { return old != new };
+    old.iter().filter(|(k, _)| counts(k)).any(|(k, v)| new.get(k) != Some(v))
+        || new.keys().filter(|k| counts(k)).any(|k| !old.contains_key(k))
 }
 
 /// Paths of fields a schema does not know (for strict/warn field validation).
@@ -750,7 +746,7 @@ impl<'a> Api<'a> {
             && let Some(old) = old
         {
             let generation = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);
-            let changed = spec_part(old, t.status_subresource) != spec_part(&new, t.status_subresource);
+            let changed = spec_changed(old, &new, t.status_subresource);
             meta_mut(&mut new).insert("generation".into(), json!(if changed { generation + 1 } else { generation }));
         }
 
