@@ -269,3 +269,42 @@ async fn builtin_kinds_get_their_server_side_behaviour() {
     assert_eq!(err.code, 422);
     assert!(err.message.contains("metadata.name"), "{}", err.message);
 }
+
+#[tokio::test]
+async fn leases_and_both_event_apis_are_served() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use k8s_openapi::api::core::v1::Event as CoreEvent;
+    use k8s_openapi::api::events::v1::Event;
+    let sim = ApiSim::start();
+    let client = sim.client().await;
+    let leases = Api::<Lease>::namespaced(client.clone(), "default");
+    let lease: Lease = serde_json::from_value(json!({
+        "metadata": {"name": "kinoite-zfs-operator"},
+        "spec": {"holderIdentity": "pod-a", "leaseDurationSeconds": 15, "renewTime": "2025-01-01T00:00:00.000000Z"}
+    }))
+    .unwrap();
+    let created = leases.create(&PostParams::default(), &lease).await.unwrap();
+    let mut renewed = created.clone();
+    renewed.spec.as_mut().unwrap().holder_identity = Some("pod-b".into());
+    let renewed = leases.replace("kinoite-zfs-operator", &PostParams::default(), &renewed).await.unwrap();
+    assert_eq!(renewed.spec.unwrap().holder_identity.as_deref(), Some("pod-b"));
+    // A competing holder with the old version loses.
+    let err = api_error(leases.replace("kinoite-zfs-operator", &PostParams::default(), &created).await);
+    assert_eq!(err.code, 409);
+
+    let event: Event = serde_json::from_value(json!({
+        "metadata": {"name": "x.1"}, "eventTime": "2025-01-01T00:00:00.000000Z", "reason": "Built",
+        "action": "Reconcile", "reportingController": "kzo", "reportingInstance": "kzo-1", "type": "Normal",
+        "regarding": {"kind": "ZfsImageBuild", "name": "x", "namespace": "default"}
+    }))
+    .unwrap();
+    Api::<Event>::namespaced(client.clone(), "default").create(&PostParams::default(), &event).await.unwrap();
+    let core: CoreEvent = serde_json::from_value(json!({
+        "metadata": {"name": "y.1"}, "reason": "Built", "involvedObject": {"kind": "ZfsImageBuild", "name": "y"}
+    }))
+    .unwrap();
+    let core_events = Api::<CoreEvent>::namespaced(client.clone(), "default");
+    core_events.create(&PostParams::default(), &core).await.unwrap();
+    let selected = core_events.list(&ListParams::default().fields("involvedObject.name=y")).await.unwrap();
+    assert_eq!(selected.items.len(), 1);
+}

@@ -172,3 +172,26 @@ async fn watches_of_a_deleted_crd_end() {
     assert!(sim.object("customresourcedefinitions", "", "widgets.apisim.test").is_none());
     assert!(widgets.list(&Default::default()).await.is_err(), "the type is no longer served");
 }
+
+#[tokio::test]
+async fn metadata_watchers_get_partial_objects() {
+    let (_sim, client) = sim_with_widgets().await;
+    let widgets = Api::<Widget>::namespaced(client.clone(), "test");
+    let mut w = super::widget("a", 1);
+    w.metadata.labels = Some([("team".to_string(), "blue".to_string())].into());
+    widgets.create(&Default::default(), &w).await.unwrap();
+    let listed = widgets.list_metadata(&Default::default()).await.unwrap();
+    assert_eq!(listed.items[0].metadata.labels.as_ref().unwrap()["team"], "blue");
+    let metadata_only = Api::<kube::core::PartialObjectMeta<Widget>>::namespaced(client.clone(), "test");
+    let mut events = watcher::watcher(metadata_only, watcher::Config::default()).boxed();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), events.try_next()).await.unwrap().unwrap().unwrap() {
+            Event::InitApply(meta) => {
+                assert_eq!(meta.metadata.name.as_deref(), Some("a"));
+                assert_eq!(meta.types.as_ref().map(|t| t.kind.as_str()), Some("PartialObjectMetadata"));
+                break;
+            }
+            _ => continue,
+        }
+    }
+}

@@ -174,7 +174,7 @@ impl Shared {
         self.stats.lock().expect("stats lock").discovery += 1;
     }
 
-    fn injected_failure(&self, verb: Verb, qualified: &str, _plural: &str) -> Result<(), ApiError> {
+    fn injected_failure(&self, verb: Verb, qualified: &str) -> Result<(), ApiError> {
         let mut faults = self.faults.lock().expect("faults lock");
         let Some(i) = faults.iter().position(|f| f.verb == verb && resource_matches(&f.resource, qualified)) else {
             return Ok(());

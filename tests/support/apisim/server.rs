@@ -241,7 +241,7 @@ fn dispatch(shared: &Arc<Shared>, path: &str, req: &Req) -> Result<Reply, ApiErr
     };
     let resource = if status { format!("{}/status", t.qualified()) } else { t.qualified() };
     shared.count(verb, &resource);
-    shared.injected_failure(verb, &resource, &t.plural)?;
+    shared.injected_failure(verb, &resource)?;
     let repr = render::negotiate(req.header("accept"))
         .ok_or_else(|| ApiError::NotAcceptable("only application/json is served by the simulator".into()))?;
     let now = k8s_openapi::jiff::Timestamp::now();

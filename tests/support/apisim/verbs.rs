@@ -263,8 +263,7 @@ impl<'a> Api<'a> {
         self.store.get(&target.key(name)).ok_or_else(|| target.not_found(name))
     }
 
-    fn matches(target: &Target, params: &ListParams, object: &Value) -> bool {
-        let _ = target;
+    fn matches(params: &ListParams, object: &Value) -> bool {
         params.labels.matches(object) && params.fields.matches(object)
     }
 
@@ -289,7 +288,7 @@ impl<'a> Api<'a> {
         };
         let namespace = if target.t.namespaced { target.namespace.as_deref() } else { None };
         let mut matching =
-            collection.range(namespace, after.as_ref()).filter(|(_, s)| Self::matches(target, params, &s.value));
+            collection.range(namespace, after.as_ref()).filter(|(_, s)| Self::matches(params, &s.value));
         let limit = params.limit.filter(|l| *l > 0);
         let mut items = Vec::new();
         let mut last_key = None;
