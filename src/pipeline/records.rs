@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::api::ZfsImageBuild;
 use crate::api::build::{BuildMode, ResolvedInputs, RunStatus, RunSummary, RunTrigger};
@@ -247,6 +247,83 @@ pub fn provenance_json(
     })
 }
 
+/// Errors of reading a run record back.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{PROVENANCE_KEY} is not a provenance document: {0}")]
+    Provenance(#[from] serde_json::Error),
+    #[error("{PROVENANCE_KEY} names workflow {0:?}, not ZfsImageBuild/<mode>")]
+    Workflow(String),
+}
+
+/// What a promotion needs from a run's `build-provenance.json`. The document is written only
+/// when a Main or Branch run pushed and verified its candidate, so a record is the proof of
+/// verification for a run that fell out of the build's bounded `status.history`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedRun {
+    pub number: i64,
+    pub mode: BuildMode,
+    pub source_revision: String,
+    pub fedora_version: String,
+    /// The candidate `name@sha256:...`.
+    pub candidate_image: String,
+    pub candidate_digest: String,
+    /// The akmods image the run built with, `name@sha256:...`.
+    pub akmods_image: String,
+}
+
+#[derive(Deserialize)]
+struct ReadProvenance {
+    workflow: String,
+    run: ReadRun,
+    inputs: ReadInputs,
+    candidate: ReadCandidate,
+}
+
+#[derive(Deserialize)]
+struct ReadRun {
+    number: i64,
+    sha: String,
+}
+
+#[derive(Deserialize)]
+struct ReadInputs {
+    fedora_version: String,
+}
+
+#[derive(Deserialize)]
+struct ReadCandidate {
+    image: ReadBundle,
+    akmods: ReadBundle,
+}
+
+#[derive(Deserialize)]
+struct ReadBundle {
+    digest: String,
+    digest_ref: String,
+}
+
+/// Reads back what [`provenance_json`] wrote (unknown fields are ignored, so later document
+/// additions do not break older readers).
+pub fn parse_provenance(text: &str) -> Result<RecordedRun, Error> {
+    let doc: ReadProvenance = serde_json::from_str(text)?;
+    let mode = match doc.workflow.strip_prefix("ZfsImageBuild/") {
+        Some("Main") => BuildMode::Main,
+        Some("Branch") => BuildMode::Branch,
+        Some("Validate") => BuildMode::Validate,
+        _ => return Err(Error::Workflow(doc.workflow)),
+    };
+    Ok(RecordedRun {
+        number: doc.run.number,
+        mode,
+        source_revision: doc.run.sha,
+        fedora_version: doc.inputs.fedora_version,
+        candidate_image: doc.candidate.image.digest_ref,
+        candidate_digest: doc.candidate.image.digest,
+        akmods_image: doc.candidate.akmods.digest_ref,
+    })
+}
+
 /// The run-record ConfigMap `<build>-run-<n>`, owned by the build.
 pub fn run_record_config_map(
     build: &ZfsImageBuild,
@@ -433,6 +510,29 @@ mod tests {
         // Declaration order is the reference's order.
         let order: Vec<&str> = text.lines().filter(|l| l.starts_with("  \"")).map(|l| l.trim()).collect();
         assert!(order[0].starts_with("\"schema_version\"") && order[7].starts_with("\"stable\""), "{order:?}");
+    }
+
+    #[test]
+    fn provenance_reads_back_what_was_written() {
+        let image = RefBundle::new("ghcr.io/danathar/kinoite-zfs-candidate", "7-43", &digest('c'));
+        let akmods = RefBundle::new("ghcr.io/danathar/akmods-candidate", "7-43", &digest('d'));
+        let text = provenance_json(&identity(), &resolved_inputs(), image, akmods, at());
+        let run = parse_provenance(&text).unwrap();
+        assert_eq!(
+            run,
+            RecordedRun {
+                number: 7,
+                mode: BuildMode::Main,
+                source_revision: "02701fe0000000000000000000000000000000ab".into(),
+                fedora_version: "43".into(),
+                candidate_image: format!("ghcr.io/danathar/kinoite-zfs-candidate@{}", digest('c')),
+                candidate_digest: digest('c'),
+                akmods_image: format!("ghcr.io/danathar/akmods-candidate@{}", digest('d')),
+            }
+        );
+        assert!(matches!(parse_provenance("{}"), Err(Error::Provenance(_))));
+        let other = text.replace("ZfsImageBuild/Main", "GitHub/build");
+        assert!(matches!(parse_provenance(&other), Err(Error::Workflow(w)) if w == "GitHub/build"));
     }
 
     #[test]

@@ -112,12 +112,17 @@ async fn copy_content<R: RegistryClient + ?Sized>(
     if has_manifest(registry, target, content.digest()).await? {
         return Ok(outcome);
     }
-    let transfers: Vec<BlobTransfer> = futures::stream::iter(content.blobs.iter().map(|(digest, _)| async move {
-        registry.copy_blob(&content.source, target, digest).await.map_err(|e| Error::registry(step, e))
-    }))
-    .buffer_unordered(PARALLEL_BLOBS)
-    .try_collect()
-    .await?;
+    // Collected first: a `Map` closure over borrowed items inside the stream makes the future
+    // fail rustc's `Send` check ("FnOnce is not general enough") when a controller spawns it.
+    let copies: Vec<_> = content
+        .blobs
+        .iter()
+        .map(|(digest, _)| async move {
+            registry.copy_blob(&content.source, target, digest).await.map_err(|e| Error::registry(step, e))
+        })
+        .collect();
+    let transfers: Vec<BlobTransfer> =
+        futures::stream::iter(copies).buffer_unordered(PARALLEL_BLOBS).try_collect().await?;
     for transfer in transfers {
         outcome.blobs.add(transfer);
     }

@@ -240,20 +240,26 @@ async fn check_blobs<R: RegistryClient + ?Sized>(
     if in_target {
         return Ok(Source::Present(content));
     }
-    let missing: Vec<String> = futures::stream::iter(content.blobs.iter().map(|(digest, _)| {
-        let repository = &content.source;
-        async move {
-            match registry.blob_exists(repository, digest).await {
-                Ok(true) => Ok(None),
-                Ok(false) => Ok(Some(digest.clone())),
-                Err(e) => Err(Error::registry("read the registry state", e)),
+    // Collected first, for the same rustc `Send` limitation as the copies in `execute`.
+    let checks: Vec<_> = content
+        .blobs
+        .iter()
+        .map(|(digest, _)| {
+            let repository = &content.source;
+            async move {
+                match registry.blob_exists(repository, digest).await {
+                    Ok(true) => Ok(None),
+                    Ok(false) => Ok(Some(digest.clone())),
+                    Err(e) => Err(Error::registry("read the registry state", e)),
+                }
             }
-        }
-    }))
-    .buffered(PARALLEL_BLOBS)
-    .try_filter_map(|missing| async move { Ok(missing) })
-    .try_collect()
-    .await?;
+        })
+        .collect();
+    let missing: Vec<String> = futures::stream::iter(checks)
+        .buffered(PARALLEL_BLOBS)
+        .try_filter_map(|missing| async move { Ok(missing) })
+        .try_collect()
+        .await?;
     if missing.is_empty() {
         Ok(Source::Present(content))
     } else {

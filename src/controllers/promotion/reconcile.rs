@@ -1,0 +1,318 @@
+//! One reconcile of a `Promotion`: observe → decide (pure, [`super::plan::decide`]) → drive the
+//! promotion steps with the status written before and after each ([`super::drive`]) → final
+//! status → Events → requeue.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, Resource, ResourceExt};
+use serde_json::json;
+use tracing::{debug, info, warn};
+
+use super::claims::{Claim, conflict};
+use super::controller::{Context, Error};
+use super::drive::{Begin, Driven, Journal, drive};
+use super::plan::{Decision, Input, Outcome, decide, events, next_status};
+use super::reasons;
+use crate::api::promotion::PromotionStatus;
+use crate::api::{Promotion, ZfsImageBuild};
+use crate::jobs::{LABEL_BUILD, LABEL_STEP, MANAGER, STEP_RUN_RECORD, build_label_value};
+use crate::pipeline::records::{PROVENANCE_KEY, RecordedRun, parse_provenance};
+use crate::registry::{CredentialSet, OciRegistry};
+
+/// Kubernetes keeps at most 1 kB of an Event's note.
+const MAX_EVENT_NOTE: usize = 1024;
+
+/// The key of a `kubernetes.io/dockerconfigjson` Secret.
+const DOCKER_CONFIG_KEY: &str = ".dockerconfigjson";
+
+/// A short pause before looking at the channel again after a promotion completed (a newer run
+/// may have arrived while it was in flight).
+const AFTER_PROMOTION: Duration = Duration::from_secs(1);
+
+pub(super) async fn reconcile(cached: Arc<Promotion>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let namespace = cached.namespace().unwrap_or_default();
+    let name = cached.name_any();
+    let span = tracing::info_span!(
+        "reconcile",
+        kind = "Promotion",
+        namespace = %namespace,
+        name = %name,
+        generation = tracing::field::Empty
+    );
+    let result = tracing::Instrument::instrument(reconcile_promotion(&namespace, &name, &ctx), span).await;
+    if let (Ok(Reconciled::Settled | Reconciled::SettledAfter(_)), Some(uid)) = (&result, cached.uid()) {
+        ctx.succeeded(&uid);
+    }
+    result.map(|r| r.action())
+}
+
+/// What a reconcile ended with.
+enum Reconciled {
+    /// Nothing failed: wait for a change (or the given time).
+    Settled,
+    /// Settled, come back after this.
+    SettledAfter(Duration),
+    /// A transient failure: retry after this (backoff, not reset).
+    Retry(Duration),
+}
+
+impl Reconciled {
+    fn action(&self) -> Action {
+        match self {
+            Reconciled::Settled => Action::await_change(),
+            Reconciled::SettledAfter(after) | Reconciled::Retry(after) => Action::requeue(*after),
+        }
+    }
+}
+
+async fn reconcile_promotion(namespace: &str, name: &str, ctx: &Context) -> Result<Reconciled, Error> {
+    let api = Api::<Promotion>::namespaced(ctx.client.clone(), namespace);
+    // status.inProgress is the journal of a promotion in flight; the cache can be behind this
+    // controller's last write of it, and planning from a stale journal could start a second
+    // promotion beside the first. A read from the API server is current.
+    let Some(promotion) = api.get_opt(name).await? else {
+        return Ok(Reconciled::Settled);
+    };
+    if promotion.meta().deletion_timestamp.is_some() {
+        return Ok(Reconciled::Settled);
+    }
+    let uid = promotion.uid().ok_or_else(|| Error::Metadata(format!("{namespace}/{name}")))?;
+    tracing::Span::current().record("generation", promotion.meta().generation);
+
+    // Observe.
+    let build = ctx.caches.builds.get(&ObjectRef::new(&promotion.spec.build_ref.name).within(namespace));
+    let claims: Vec<Claim> = ctx
+        .caches
+        .promotions
+        .state()
+        .iter()
+        .map(|p| {
+            let build_ref = ObjectRef::new(&p.spec.build_ref.name).within(&p.namespace().unwrap_or_default());
+            Claim::of(p, ctx.caches.builds.get(&build_ref).as_deref())
+        })
+        .collect();
+    let conflict = conflict(&Claim::of(&promotion, build.as_deref()), &claims);
+    let mut input =
+        Input { promotion: &promotion, build: build.as_deref(), records: None, conflict: conflict.as_ref() };
+    let mut decision = decide(&input);
+    let records;
+    if matches!(decision, Decision::NeedRecords)
+        && let Some(build) = build.as_deref()
+    {
+        records = read_records(build, ctx).await?;
+        input.records = Some(&records);
+        decision = decide(&input);
+    }
+
+    let mut journal = StatusJournal::new(&api, &promotion, ctx);
+    let begin = match decision {
+        Decision::Settled(outcome) => {
+            journal.record(&outcome).await?;
+            return Ok(match outcome {
+                Outcome::Refused { .. } => Reconciled::SettledAfter(ctx.timing.recheck),
+                _ => Reconciled::Settled,
+            });
+        }
+        // Only without a build; decide asks for records only when it has one.
+        Decision::NeedRecords => {
+            journal.record(&Outcome::refused(reasons::BUILD_NOT_FOUND, "the build disappeared")).await?;
+            return Ok(Reconciled::SettledAfter(ctx.timing.recheck));
+        }
+        Decision::Start(start) => {
+            info!(run = start.candidate.run, digest = %start.candidate.digest, "starting a promotion");
+            Begin::New(start)
+        }
+        Decision::Resume(progress) => {
+            info!(run = progress.run, digest = %progress.candidate_digest, "resuming the promotion in flight");
+            Begin::Resume(progress)
+        }
+    };
+    let in_progress = match &begin {
+        Begin::Resume(progress) => Some(progress.clone()),
+        Begin::New(_) => None,
+    };
+
+    // Registry: the build's credentials (a promotion in flight whose build was deleted goes on
+    // with the operator's own credentials).
+    let registry = match registry_for(build.as_deref(), namespace, ctx).await? {
+        Ok(registry) => registry,
+        Err(message) => {
+            let outcome = Outcome::RegistryFailed {
+                reason: reasons::REGISTRY_UNAUTHORIZED,
+                message,
+                transient: false,
+                in_progress,
+            };
+            journal.record(&outcome).await?;
+            return Ok(Reconciled::SettledAfter(ctx.timing.recheck));
+        }
+    };
+    let Driven { outcome, retry_after } = drive(registry.as_ref(), &mut journal, begin).await?;
+    journal.record(&outcome).await?;
+    Ok(match &outcome {
+        Outcome::Promoted(stable) => {
+            info!(run = stable.run, digest = %stable.image_digest, "promoted");
+            Reconciled::SettledAfter(AFTER_PROMOTION)
+        }
+        Outcome::RegistryFailed { transient: true, message, .. } => {
+            let attempts = ctx.failed(&uid);
+            let delay = ctx.timing.backoff(attempts).max(retry_after.unwrap_or_default());
+            info!(attempts, retry_in_ms = delay.as_millis() as u64, %message, "registry unavailable");
+            Reconciled::Retry(delay)
+        }
+        Outcome::RegistryFailed { .. } | Outcome::Refused { .. } => Reconciled::SettledAfter(ctx.timing.recheck),
+        _ => Reconciled::Settled,
+    })
+}
+
+/// The run records of `build` that hold a provenance document (runs that pushed and verified),
+/// from ConfigMaps the build owns. Read only for a pinned run outside the build's status.
+async fn read_records(build: &ZfsImageBuild, ctx: &Context) -> Result<Vec<RecordedRun>, Error> {
+    let namespace = build.namespace().unwrap_or_default();
+    let name = build.name_any();
+    let uid = build.uid().unwrap_or_default();
+    let selector = format!("{LABEL_BUILD}={},{LABEL_STEP}={STEP_RUN_RECORD}", build_label_value(&name));
+    let config_maps = Api::<ConfigMap>::namespaced(ctx.client.clone(), &namespace);
+    let mut records = Vec::new();
+    for cm in config_maps.list(&ListParams::default().labels(&selector)).await? {
+        // Only the build's own records count: a ConfigMap anyone could create must not make a
+        // digest promotable.
+        let owned = cm.owner_references().iter().any(|o| o.controller == Some(true) && o.uid == uid);
+        let Some(text) = cm.data.as_ref().and_then(|d| d.get(PROVENANCE_KEY)) else { continue };
+        if !owned {
+            continue;
+        }
+        match parse_provenance(text) {
+            Ok(record) => records.push(record),
+            Err(e) => warn!(config_map = %cm.name_any(), error = %e, "unreadable run record"),
+        }
+    }
+    debug!(records = records.len(), "run records read");
+    Ok(records)
+}
+
+/// The registry client for the build: its credentials Secret when it names one, else the
+/// operator's `--registry-config`. `Err(message)` when the Secret is missing or unusable (the
+/// message names the Secret, never its content).
+async fn registry_for(
+    build: Option<&ZfsImageBuild>,
+    namespace: &str,
+    ctx: &Context,
+) -> Result<Result<Arc<OciRegistry>, String>, Error> {
+    let reference = build.and_then(|b| b.spec.registry.credentials_secret_ref.as_ref());
+    let credentials = match reference {
+        None => ctx.default_credentials.clone(),
+        Some(reference) => {
+            let what = format!(
+                "credentials Secret {namespace}/{} (the build's spec.registry.credentialsSecretRef)",
+                reference.name
+            );
+            let secret = match Api::<Secret>::namespaced(ctx.client.clone(), namespace).get_opt(&reference.name).await {
+                Ok(Some(secret)) => secret,
+                Ok(None) => return Ok(Err(format!("{what} not found"))),
+                Err(kube::Error::Api(status)) if status.code == 403 => {
+                    return Ok(Err(format!(
+                        "{what} cannot be read: the operator's service account needs get on secrets in {namespace}"
+                    )));
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let Some(bytes) = secret.data.as_ref().and_then(|d| d.get(DOCKER_CONFIG_KEY)) else {
+                return Ok(Err(format!(
+                    "{what} has no {DOCKER_CONFIG_KEY} key; create it with `kubectl create secret docker-registry`"
+                )));
+            };
+            match CredentialSet::from_docker_config(&bytes.0) {
+                Ok(set) => set,
+                // Credential parse errors name hosts and fields, never values.
+                Err(e) => return Ok(Err(format!("{what}: {e}"))),
+            }
+        }
+    };
+    Ok(ctx.pool.client(&credentials).map_err(|e| e.to_string()))
+}
+
+/// Persists each outcome as the Promotion's status (server-side apply of the whole status, only
+/// when it changed) and emits the Events of the transition.
+struct StatusJournal<'a> {
+    api: &'a Api<Promotion>,
+    promotion: &'a Promotion,
+    status: PromotionStatus,
+    ctx: &'a Context,
+}
+
+impl<'a> StatusJournal<'a> {
+    fn new(api: &'a Api<Promotion>, promotion: &'a Promotion, ctx: &'a Context) -> StatusJournal<'a> {
+        StatusJournal { api, promotion, status: promotion.status.clone().unwrap_or_default(), ctx }
+    }
+}
+
+impl Journal for StatusJournal<'_> {
+    type Error = Error;
+
+    async fn record(&mut self, outcome: &Outcome) -> Result<(), Error> {
+        let next = next_status(&self.status, self.promotion.meta().generation, outcome, &self.now());
+        if next == self.status {
+            return Ok(());
+        }
+        let patch = json!({
+            "apiVersion": Promotion::api_version(&()),
+            "kind": Promotion::kind(&()),
+            "status": serde_json::to_value(&next).map_err(Error::Serialize)?,
+        });
+        self.api
+            .patch_status(&self.promotion.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(patch))
+            .await?;
+        let reference = self.promotion.object_ref(&());
+        for event in events(&self.status, &next) {
+            info!(reason = event.reason, note = %event.note, "event");
+            let published = Event {
+                type_: if event.warning { EventType::Warning } else { EventType::Normal },
+                reason: event.reason.to_string(),
+                note: Some(truncate(&event.note, MAX_EVENT_NOTE)),
+                action: event.reason.to_string(),
+                secondary: None,
+            };
+            // Events are notification, not audit: a failed publish is logged, never retried.
+            if let Err(e) = self.ctx.recorder.publish(&published, &reference).await {
+                warn!(reason = event.reason, error = %e, "cannot publish event");
+            }
+        }
+        self.status = next;
+        Ok(())
+    }
+
+    fn now(&self) -> Time {
+        Time(self.ctx.now())
+    }
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max - 3;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &text[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_notes_are_cut_at_a_char_boundary() {
+        assert_eq!(truncate("short", 10), "short");
+        let cut = truncate(&"é".repeat(600), MAX_EVENT_NOTE);
+        assert!(cut.len() <= MAX_EVENT_NOTE && cut.ends_with("..."), "{}", cut.len());
+    }
+}
