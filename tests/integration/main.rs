@@ -11,5 +11,6 @@ mod examples;
 mod layer_walker;
 mod plan_cli;
 mod promote;
+mod promotion_controller;
 mod registry_fixture;
 mod registry_layer;

@@ -46,6 +46,14 @@ pub struct Seen {
     pub fault: Option<Fault>,
 }
 
+/// A fault for the requests with this method whose path ends with `path_suffix`.
+struct Rule {
+    method: String,
+    path_suffix: String,
+    fault: Fault,
+    remaining: usize,
+}
+
 struct State {
     addr: String,
     upstream: String,
@@ -54,6 +62,8 @@ struct State {
     /// Issued token -> granted scopes.
     tokens: Mutex<HashMap<String, Vec<String>>>,
     faults: Mutex<VecDeque<Fault>>,
+    /// Faults for matching requests only, checked before `faults`.
+    rules: Mutex<Vec<Rule>>,
     /// Forward cross-repository mount requests as plain upload starts (the registry then answers
     /// 202 with an upload session, as registries that do not mount do).
     refuse_mounts: AtomicBool,
@@ -89,6 +99,7 @@ impl FaultProxy {
             token_auth,
             tokens: Mutex::default(),
             faults: Mutex::default(),
+            rules: Mutex::default(),
             refuse_mounts: AtomicBool::new(false),
             seen: Mutex::default(),
             client: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap(),
@@ -121,15 +132,28 @@ impl FaultProxy {
         faults.extend(std::iter::repeat_n(fault, times));
     }
 
+    /// Applies `fault` to the next `times` requests with `method` whose path ends with
+    /// `path_suffix` (e.g. `PUT` of `/manifests/latest`: one registry write, whatever the
+    /// requests around it), before the faults queued with [`FaultProxy::inject`].
+    pub fn inject_on(&self, method: &str, path_suffix: &str, fault: Fault, times: usize) {
+        self.state.rules.lock().unwrap().push(Rule {
+            method: method.to_string(),
+            path_suffix: path_suffix.to_string(),
+            fault,
+            remaining: times,
+        });
+    }
+
     /// Makes the registry refuse (or accept again) cross-repository blob mounts: a mount request
     /// is forwarded without its `mount`/`from` parameters, so the registry starts an upload.
     pub fn refuse_mounts(&self, refuse: bool) {
         self.state.refuse_mounts.store(refuse, Ordering::SeqCst);
     }
 
-    /// Drops faults that were queued but not used.
+    /// Drops faults that were queued but not used (also those of [`FaultProxy::inject_on`]).
     pub fn clear(&self) {
         self.state.faults.lock().unwrap().clear();
+        self.state.rules.lock().unwrap().clear();
     }
 
     /// Every request seen so far.
@@ -152,7 +176,15 @@ impl Drop for FaultProxy {
 type Answer = Result<Response<Full<Bytes>>, std::io::Error>;
 
 async fn handle(state: Arc<State>, req: Request<Incoming>) -> Answer {
-    let fault = state.faults.lock().unwrap().pop_front();
+    let ruled = state.rules.lock().unwrap().iter_mut().find_map(|rule| {
+        let matches =
+            rule.remaining > 0 && req.method().as_str() == rule.method && req.uri().path().ends_with(&rule.path_suffix);
+        matches.then(|| {
+            rule.remaining -= 1;
+            rule.fault.clone()
+        })
+    });
+    let fault = ruled.or_else(|| state.faults.lock().unwrap().pop_front());
     state.seen.lock().unwrap().push(Seen {
         method: req.method().to_string(),
         path: req.uri().path().to_string(),

@@ -11,7 +11,7 @@ use std::fmt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::api::Promotion;
-use crate::api::build::ZfsImageBuild;
+use crate::api::build::{BuildMode, ZfsImageBuild};
 use crate::pipeline::targets::{CACHE_TAG_PREFIX, repository_ref};
 
 /// Something only one Promotion may move.
@@ -42,11 +42,11 @@ pub struct Claim {
 }
 
 impl Claim {
-    /// The claim of `promotion` with its build (`None`: the build does not exist, nothing is
-    /// claimed).
+    /// The claim of `promotion` with its build. Nothing is claimed when the build does not
+    /// exist or is not a Main build: such a Promotion can never write.
     pub fn of(promotion: &Promotion, build: Option<&ZfsImageBuild>) -> Claim {
         let mut targets = Vec::new();
-        if let Some(build) = build {
+        if let Some(build) = build.filter(|b| b.spec.mode == BuildMode::Main) {
             let repository = repository_ref(&build.spec, &build.spec.registry.image);
             for tag in &promotion.spec.tags {
                 targets.push(Target::Tag { repository: repository.clone(), tag: tag.clone() });
@@ -147,10 +147,12 @@ mod tests {
     }
 
     #[test]
-    fn a_promotion_without_its_build_claims_nothing() {
+    fn a_promotion_without_a_main_build_claims_nothing() {
         let b = build("Main", "");
         let orphan = Claim::of(&promotion("orphan", 1, &["latest"], true), None);
         assert!(orphan.targets.is_empty());
+        let branch = Claim::of(&promotion("branch", 1, &["latest"], true), Some(&build("Branch", "  branch: x\n")));
+        assert!(branch.targets.is_empty());
         let mine = Claim::of(&promotion("mine", 2, &["latest"], true), Some(&b));
         assert_eq!(conflict(&mine, &[orphan]), None);
     }

@@ -327,6 +327,9 @@ pub fn next_status(prev: &PromotionStatus, generation: Option<i64>, outcome: &Ou
             remove_condition(conditions, RECONCILING);
             remove_condition(conditions, STALLED);
         }
+        // A retry after an outage stays `RegistryUnavailable` until a step completes, so the
+        // conditions (and Events) do not flap with every attempt.
+        Outcome::InFlight(progress) if retrying(prev, progress) => remove_condition(conditions, STALLED),
         Outcome::InFlight(progress) => {
             let message = in_flight(progress);
             set(conditions, READY, FALSE, reasons::PROMOTING, &message);
@@ -364,6 +367,19 @@ pub fn next_status(prev: &PromotionStatus, generation: Option<i64>, outcome: &Ou
     status
 }
 
+fn done_steps(progress: &PromotionProgress) -> usize {
+    progress.steps.iter().filter(|s| s.state == StepState::Done).count()
+}
+
+/// Whether `progress` is a retry after a transient registry failure that has not completed a
+/// step yet.
+fn retrying(prev: &PromotionStatus, progress: &PromotionProgress) -> bool {
+    let unavailable = crate::controllers::conditions::find(&prev.conditions, RECONCILING)
+        .is_some_and(|c| c.reason == reasons::REGISTRY_UNAVAILABLE);
+    let done_before = prev.in_progress.as_ref().map(done_steps).unwrap_or_default();
+    unavailable && done_steps(progress) <= done_before
+}
+
 fn push_history(history: &mut Vec<PromotionRecord>, record: PromotionRecord) {
     history.insert(0, record);
     history.truncate(HISTORY_LIMIT);
@@ -387,7 +403,7 @@ fn describe(stable: &StableState) -> String {
 
 fn in_flight(progress: &PromotionProgress) -> String {
     let total = progress.steps.len();
-    let done = progress.steps.iter().filter(|s| s.state == StepState::Done).count();
+    let done = done_steps(progress);
     let next = progress.steps.iter().find(|s| s.state != StepState::Done).map(|s| s.name.as_str()).unwrap_or("none");
     format!(
         "promoting run {} ({}) to {}: {done} of {total} steps done, next {next}",

@@ -437,6 +437,16 @@ fn conditions_keep_their_transition_time_and_events_fire_on_transitions_only() {
     assert_eq!(failed.in_progress.as_ref(), Some(&step));
     assert_eq!(events(&later, &failed).iter().map(|e| e.reason).collect::<Vec<_>>(), ["RegistryUnavailable"]);
     assert!(events(&failed, &next_status(&failed, Some(3), &outage, &at(40))).is_empty());
+    // Retried: still RegistryUnavailable (no flapping, no second Event) until a step completes.
+    let mut retry = step.clone();
+    retry.steps[1].state = StepState::Running;
+    let retried = next_status(&failed, Some(3), &Outcome::InFlight(Box::new(retry.clone())), &at(45));
+    assert_eq!(find(&retried.conditions, "Ready").unwrap().reason, reasons::REGISTRY_UNAVAILABLE);
+    assert!(events(&failed, &retried).is_empty());
+    assert!(events(&retried, &next_status(&retried, Some(3), &outage, &at(46))).is_empty());
+    retry.steps[1].state = StepState::Done;
+    let progressed = next_status(&retried, Some(3), &Outcome::InFlight(Box::new(retry)), &at(47));
+    assert_eq!(find(&progressed.conditions, "Ready").unwrap().reason, reasons::PROMOTING);
 
     let done = next_status(&failed, Some(4), &Outcome::Promoted(Box::new(stable_after(&step, at(50)))), &at(50));
     assert!(done.in_progress.is_none());
