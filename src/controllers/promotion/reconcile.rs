@@ -86,8 +86,16 @@ async fn reconcile_promotion(namespace: &str, name: &str, ctx: &Context) -> Resu
     let uid = promotion.uid().ok_or_else(|| Error::Metadata(format!("{namespace}/{name}")))?;
     tracing::Span::current().record("generation", promotion.meta().generation);
 
-    // Observe.
-    let build = ctx.caches.builds.get(&ObjectRef::new(&promotion.spec.build_ref.name).within(namespace));
+    // Observe. Claims are computed from the build cache: it must hold a complete list first, or
+    // an older Promotion whose build is not cached yet would claim nothing.
+    let _ = ctx.caches.builds.wait_until_ready().await;
+    let build_name = &promotion.spec.build_ref.name;
+    let build = match ctx.caches.builds.get(&ObjectRef::new(build_name).within(namespace)) {
+        Some(build) => Some(build),
+        // A build created just before its Promotion may not be in the cache yet: ask the API
+        // server before calling it missing.
+        None => Api::<ZfsImageBuild>::namespaced(ctx.client.clone(), namespace).get_opt(build_name).await?.map(Arc::new),
+    };
     let claims: Vec<Claim> = ctx
         .caches
         .promotions
