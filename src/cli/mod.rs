@@ -1,8 +1,10 @@
 //! The command line: one binary, the same code paths the controllers use.
 
+pub mod cache_check;
 pub mod common;
 mod crd;
 pub mod plan;
+pub mod verify;
 
 use std::error::Error as StdError;
 use std::path::PathBuf;
@@ -25,6 +27,34 @@ pub enum Error {
     },
     #[error("cannot write to stdout: {0}")]
     Stdout(#[source] std::io::Error),
+    #[error("cannot render the output: {0}")]
+    Render(String),
+    #[error(transparent)]
+    Registry(Box<crate::registry::Error>),
+    #[error(transparent)]
+    CacheCheck(#[from] crate::pipeline::cache::Error),
+    #[error(transparent)]
+    Verify(#[from] crate::pipeline::verify::Error),
+}
+
+impl From<crate::registry::Error> for Error {
+    fn from(err: crate::registry::Error) -> Error {
+        Error::Registry(Box::new(err))
+    }
+}
+
+/// Exit code when a registry command could give no verdict (1 stays "verification failed" for
+/// `verify`; clap also exits 2 on usage errors).
+pub const EXIT_NO_VERDICT: u8 = 2;
+
+impl Error {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Registry(_) | Error::CacheCheck(_) | Error::Verify(_) => EXIT_NO_VERDICT,
+            _ => 1,
+        }
+    }
 }
 
 #[derive(Debug, Parser)]
@@ -51,6 +81,12 @@ pub enum Command {
     /// Print what a run of a ZfsImageBuild would do (inputs, cache decision, Jobs, ConfigMaps,
     /// tags), offline, with the controller's own planner.
     Plan(plan::PlanArgs),
+    /// Decide whether an akmods cache image covers given kernels (and inputs); print a JSON
+    /// verdict. Exit 0 for any verdict, 2 when no verdict can be given.
+    CacheCheck(cache_check::CacheCheckArgs),
+    /// Verify that a candidate image (by digest) carries zfs, zpool and zfs.ko for given kernels;
+    /// print a JSON verdict. Exit 0 verified, 1 not verified, 2 no verdict.
+    Verify(verify::VerifyArgs),
 }
 
 /// Logs go to stderr so stdout stays machine-readable; `RUST_LOG` filters (default `info`).
@@ -69,6 +105,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Error> {
     match cli.command {
         Command::Crd(args) => crd::run(&args),
         Command::Plan(args) => Ok(plan::run(&args)?),
+        Command::CacheCheck(args) => cache_check::run(&args).await,
+        Command::Verify(args) => verify::run(&args).await,
     }
 }
 

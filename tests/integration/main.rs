@@ -3,9 +3,11 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod cache_check;
 mod crds;
 mod examples;
 mod layer_walker;
 mod plan_cli;
 mod registry_fixture;
 mod registry_layer;
+mod verify;
