@@ -9,6 +9,7 @@
 # Env: RUNS (default 5), WARMUP (default 1), OUT (markdown summary file, default: stdout only).
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
+export RUST_LOG="${RUST_LOG:-warn}"
 RUNS="${RUNS:-5}"
 WARMUP="${WARMUP:-1}"
 
