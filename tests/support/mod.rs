@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod faults;
+pub mod apisim;
 pub mod image;
 pub mod registry;
 pub mod schema;
