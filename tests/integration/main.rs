@@ -6,6 +6,7 @@
 mod support;
 
 mod apisim;
+mod cache_check;
 mod crds;
 mod examples;
 mod layer_walker;
@@ -13,3 +14,4 @@ mod plan_cli;
 mod promote;
 mod registry_fixture;
 mod registry_layer;
+mod verify;
