@@ -2,6 +2,7 @@
 //! cache decision, candidate verification and promotion steps. Pure decisions live here; all
 //! registry I/O goes through [`crate::registry`].
 
+pub mod cache;
 pub mod hashing;
 pub mod kernels;
 pub mod layers;
@@ -9,3 +10,4 @@ pub mod promote;
 pub mod records;
 pub mod schedule;
 pub mod targets;
+pub mod verify;

@@ -6,6 +6,7 @@
 mod support;
 
 mod apisim;
+mod cache_check;
 mod crds;
 mod examples;
 mod layer_walker;
@@ -14,3 +15,4 @@ mod promote;
 mod promotion_controller;
 mod registry_fixture;
 mod registry_layer;
+mod verify;

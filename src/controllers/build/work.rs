@@ -11,7 +11,11 @@ use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
 
-use crate::api::build::{CacheCheckMethod, CacheStatus, ResolvedInputs, VerificationResult};
+use crate::api::build::{ResolvedInputs, VerificationResult};
+pub use crate::pipeline::cache::CacheVerdict;
+use crate::pipeline::cache::{CacheInputs, CacheQuery};
+use crate::pipeline::verify::VerifyQuery;
+use crate::registry::{AnswerClass, ImageRef};
 
 /// One piece of registry work.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -96,18 +100,6 @@ pub struct VerifyRequest {
     pub base_image: Option<String>,
 }
 
-/// A cache verdict (`cache-check`'s answer).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CacheVerdict {
-    pub status: CacheStatus,
-    pub missing_kernels: Vec<String>,
-    pub method: Option<CacheCheckMethod>,
-    /// The checked image by digest (`NAME@sha256:...`) when it exists, else as requested.
-    pub source_image: String,
-    /// Why it is not reusable (e.g. built from another ZFS line).
-    pub reason: Option<String>,
-}
-
 /// How a registry operation failed. Only "absent" is ever an answer; it is never a failure
 /// (design §3 invariant 4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,11 +112,50 @@ pub enum FailureClass {
     Permanent,
 }
 
+impl FailureClass {
+    /// The class of a failure whose registry answer had `class` (`None`: not a registry answer,
+    /// e.g. bad input or unusable content, which no retry fixes).
+    pub fn of(class: Option<AnswerClass>) -> FailureClass {
+        match class {
+            Some(AnswerClass::RateLimited | AnswerClass::Unreachable) => FailureClass::Transient,
+            Some(AnswerClass::Unauthorized) => FailureClass::Unauthorized,
+            _ => FailureClass::Permanent,
+        }
+    }
+}
+
 /// A failed registry operation. `message` must not contain credentials.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegistryFailure {
     pub class: FailureClass,
     pub message: String,
+}
+
+impl CacheRequest {
+    /// The pipeline's query for this request (empty inputs are not compared).
+    pub fn query(&self) -> Result<CacheQuery, crate::registry::reference::Error> {
+        let given = |v: &str| (!v.is_empty()).then(|| v.to_string());
+        Ok(CacheQuery {
+            image: ImageRef::parse(&self.image)?,
+            kernel_releases: self.kernel_releases.clone(),
+            inputs: CacheInputs {
+                zfs_minor_version: given(&self.zfs_minor_version),
+                akmods_ref: given(&self.akmods_ref),
+                builder_digest: given(&self.builder_digest),
+            },
+        })
+    }
+}
+
+impl VerifyRequest {
+    /// The pipeline's query for this request.
+    pub fn query(&self) -> Result<VerifyQuery, crate::registry::reference::Error> {
+        Ok(VerifyQuery {
+            image: ImageRef::parse(&self.image)?,
+            kernel_releases: self.kernel_releases.clone(),
+            base_image: self.base_image.as_deref().map(ImageRef::parse).transpose()?,
+        })
+    }
 }
 
 /// The answer to one piece of work.
