@@ -94,7 +94,9 @@ async fn reconcile_promotion(namespace: &str, name: &str, ctx: &Context) -> Resu
         Some(build) => Some(build),
         // A build created just before its Promotion may not be in the cache yet: ask the API
         // server before calling it missing.
-        None => Api::<ZfsImageBuild>::namespaced(ctx.client.clone(), namespace).get_opt(build_name).await?.map(Arc::new),
+        None => {
+            Api::<ZfsImageBuild>::namespaced(ctx.client.clone(), namespace).get_opt(build_name).await?.map(Arc::new)
+        }
     };
     let claims: Vec<Claim> = ctx
         .caches
