@@ -3,6 +3,7 @@
 pub mod common;
 mod crd;
 pub mod plan;
+pub mod resolve;
 
 use std::error::Error as StdError;
 use std::path::PathBuf;
@@ -17,6 +18,8 @@ pub enum Error {
     Api(#[from] crate::api::Error),
     #[error(transparent)]
     Plan(#[from] plan::Error),
+    #[error(transparent)]
+    Resolve(#[from] resolve::Error),
     #[error("cannot write {path}: {source}")]
     Write {
         path: PathBuf,
@@ -51,6 +54,9 @@ pub enum Command {
     /// Print what a run of a ZfsImageBuild would do (inputs, cache decision, Jobs, ConfigMaps,
     /// tags), offline, with the controller's own planner.
     Plan(plan::PlanArgs),
+    /// Resolve a run's inputs from the registries (or replay a lock) and print the reference
+    /// build-inputs JSON: base digest and immutable tag, kernels, Fedora version, builder pin.
+    Resolve(resolve::ResolveArgs),
 }
 
 /// Logs go to stderr so stdout stays machine-readable; `RUST_LOG` filters (default `info`).
@@ -69,6 +75,19 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Error> {
     match cli.command {
         Command::Crd(args) => crd::run(&args),
         Command::Plan(args) => Ok(plan::run(&args)?),
+        Command::Resolve(args) => Ok(resolve::run(&args).await?),
+    }
+}
+
+impl Error {
+    /// The process exit code for this error: 1 in general; `resolve` distinguishes
+    /// unauthorized (3) from unreachable or rate-limited registries (4), so scripts can tell
+    /// "fix the credentials" from "try again later".
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            Error::Resolve(err) => ExitCode::from(err.exit_code()),
+            _ => ExitCode::FAILURE,
+        }
     }
 }
 

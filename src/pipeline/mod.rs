@@ -5,6 +5,9 @@
 pub mod hashing;
 pub mod kernels;
 pub mod layers;
+pub mod lock;
 pub mod records;
+pub mod resolve;
 pub mod schedule;
+pub mod tags;
 pub mod targets;

@@ -9,3 +9,4 @@ mod layer_walker;
 mod plan_cli;
 mod registry_fixture;
 mod registry_layer;
+mod resolve;

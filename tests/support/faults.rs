@@ -53,6 +53,8 @@ struct State {
     /// Issued token -> granted scopes.
     tokens: Mutex<HashMap<String, Vec<String>>>,
     faults: Mutex<VecDeque<Fault>>,
+    /// Faults for requests whose path contains a text: (text, fault, times left).
+    targeted: Mutex<Vec<(String, Fault, usize)>>,
     seen: Mutex<Vec<Seen>>,
     client: reqwest::Client,
 }
@@ -85,6 +87,7 @@ impl FaultProxy {
             token_auth,
             tokens: Mutex::default(),
             faults: Mutex::default(),
+            targeted: Mutex::default(),
             seen: Mutex::default(),
             client: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap(),
         });
@@ -116,9 +119,16 @@ impl FaultProxy {
         faults.extend(std::iter::repeat_n(fault, times));
     }
 
+    /// Applies `fault` to the next `times` requests whose path contains `path_part` (e.g. one
+    /// tag's `/manifests/TAG`); other requests pass. Checked before the queue of [`inject`].
+    pub fn inject_on(&self, path_part: &str, fault: Fault, times: usize) {
+        self.state.targeted.lock().unwrap().push((path_part.to_string(), fault, times));
+    }
+
     /// Drops faults that were queued but not used.
     pub fn clear(&self) {
         self.state.faults.lock().unwrap().clear();
+        self.state.targeted.lock().unwrap().clear();
     }
 
     /// Every request seen so far.
@@ -140,8 +150,15 @@ impl Drop for FaultProxy {
 
 type Answer = Result<Response<Full<Bytes>>, std::io::Error>;
 
+fn targeted_fault(state: &State, path: &str) -> Option<Fault> {
+    let mut targeted = state.targeted.lock().unwrap();
+    let (_, fault, left) = targeted.iter_mut().find(|(part, _, left)| *left > 0 && path.contains(part.as_str()))?;
+    *left -= 1;
+    Some(fault.clone())
+}
+
 async fn handle(state: Arc<State>, req: Request<Incoming>) -> Answer {
-    let fault = state.faults.lock().unwrap().pop_front();
+    let fault = targeted_fault(&state, req.uri().path()).or_else(|| state.faults.lock().unwrap().pop_front());
     state.seen.lock().unwrap().push(Seen {
         method: req.method().to_string(),
         path: req.uri().path().to_string(),

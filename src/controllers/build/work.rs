@@ -12,6 +12,8 @@ use std::time::Duration;
 use k8s_openapi::jiff::Timestamp;
 
 use crate::api::build::{CacheCheckMethod, CacheStatus, ResolvedInputs, VerificationResult};
+use crate::pipeline::{lock, resolve};
+use crate::registry::{self, AnswerClass, RegistryClient};
 
 /// One piece of registry work.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -75,6 +77,44 @@ pub struct LockRequest {
     pub json: String,
 }
 
+impl ResolveRequest {
+    /// The resolver's request. The lock is parsed and validated here with the same code as
+    /// `resolve --lock FILE` (R14), so a bad lock is a permanent failure with the reference's
+    /// message.
+    pub fn to_request(&self) -> Result<resolve::Request, lock::Error> {
+        let lock = self.lock.as_ref().map(|l| lock::parse(&l.json, &l.path)).transpose()?;
+        Ok(resolve::Request {
+            base_image: self.base_image.clone(),
+            builder_image: self.builder_image.clone(),
+            zfs_minor_version: self.zfs_minor_version.clone(),
+            akmods_ref: self.akmods_ref.clone(),
+            lock,
+        })
+    }
+}
+
+/// Does a [`RegistryWork::Resolve`] with the process's shared resolver (so a base digest is
+/// scanned once per process) and the build's registry client.
+pub async fn resolve_outcome<R: RegistryClient + ?Sized>(
+    resolver: &resolve::Resolver,
+    registry: &R,
+    request: &ResolveRequest,
+) -> WorkOutcome {
+    let request = match request.to_request() {
+        Ok(request) => request,
+        Err(err) => {
+            return WorkOutcome::Failed(RegistryFailure { class: FailureClass::Permanent, message: err.to_string() });
+        }
+    };
+    match resolver.resolve(registry, &request).await {
+        Ok(inputs) => WorkOutcome::Resolved(Box::new(inputs)),
+        Err(err) => WorkOutcome::Failed(RegistryFailure {
+            class: FailureClass::of(err.registry_error()),
+            message: err.to_string(),
+        }),
+    }
+}
+
 /// A cache decision for `image` (a tag for [`RegistryWork::CheckCache`], a digest reference for
 /// [`RegistryWork::ConfirmAkmods`]) and the run's inputs.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -118,6 +158,19 @@ pub enum FailureClass {
     Unauthorized,
     /// Anything a retry cannot fix (bad label, invalid lock, no immutable tag): `Stalled`.
     Permanent,
+}
+
+impl FailureClass {
+    /// The class of a failed operation from the registry error behind it: only rate-limited and
+    /// unreachable answers are transient, 401/403 is unauthorized, and everything else (absent
+    /// included: a missing base image is a spec problem, not a reason to rebuild) is permanent.
+    pub fn of(error: Option<&registry::Error>) -> FailureClass {
+        match error.and_then(registry::Error::class) {
+            Some(class) if class.is_transient() => FailureClass::Transient,
+            Some(AnswerClass::Unauthorized) => FailureClass::Unauthorized,
+            _ => FailureClass::Permanent,
+        }
+    }
 }
 
 /// A failed registry operation. `message` must not contain credentials.
@@ -245,6 +298,40 @@ mod tests {
         assert_eq!(r.get(&work()).unwrap().attempts, 1);
         r.retain(&BTreeSet::new());
         assert!(r.is_empty());
+    }
+
+    #[test]
+    fn failure_classes_follow_the_registry_answer() {
+        let answer = |class| registry::Error::Answer {
+            class,
+            what: "resolve ghcr.io/a/b:latest".into(),
+            host: "ghcr.io".into(),
+            status: None,
+            detail: String::new(),
+            retry_after: None,
+            attempts: 1,
+        };
+        assert_eq!(FailureClass::of(Some(&answer(AnswerClass::Unreachable))), FailureClass::Transient);
+        assert_eq!(FailureClass::of(Some(&answer(AnswerClass::RateLimited))), FailureClass::Transient);
+        assert_eq!(FailureClass::of(Some(&answer(AnswerClass::Unauthorized))), FailureClass::Unauthorized);
+        assert_eq!(FailureClass::of(Some(&answer(AnswerClass::Absent))), FailureClass::Permanent);
+        assert_eq!(FailureClass::of(None), FailureClass::Permanent);
+    }
+
+    #[test]
+    fn lock_requests_are_validated_like_lock_files() {
+        let request = |json: &str| ResolveRequest {
+            purpose: ResolvePurpose::Run(1),
+            base_image: "ghcr.io/a/b:latest".into(),
+            builder_image: "ghcr.io/a/builder:latest".into(),
+            zfs_minor_version: "2.4".into(),
+            akmods_ref: "9d13b6950811cdaae2e8ab748c85c5da35810ae3".into(),
+            lock: Some(LockRequest { path: "configmap/locks/inputs.lock.json".into(), json: json.into() }),
+        };
+        let err = request(r#"{"version": 1}"#).to_request().unwrap_err();
+        assert_eq!(err.to_string(), "Lock file missing required field: base_image");
+        let ok = request(r#"{"base_image": "ghcr.io/a/b:43-20260227"}"#).to_request().unwrap();
+        assert_eq!(ok.lock.unwrap().source, "configmap/locks/inputs.lock.json");
     }
 
     #[test]
