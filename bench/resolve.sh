@@ -47,7 +47,7 @@ echo "base: $BASE_REF ($BASE_BYTES compressed layer bytes in $LAYERS layers)"
 
 # The output must be right before it is timed.
 # shellcheck disable=SC2046
-kernels=$($(resolve_cmd) | python3 -c 'import json,sys; print(" ".join(json.load(sys.stdin)["inputs"]["kernel_releases"]))')
+kernels=$($(resolve_cmd) 2>/dev/null | python3 -c 'import json,sys; print(" ".join(json.load(sys.stdin)["inputs"]["kernel_releases"]))')
 [ "$kernels" = "$KERNELS" ] || { echo "bench: resolve found kernels '$kernels', expected '$KERNELS'" >&2; exit 1; }
 
 COPY_DIR="$BENCH_TMP/copy"

@@ -22,6 +22,7 @@ use std::io::{self, BufReader, Read};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use futures::StreamExt;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
@@ -153,6 +154,10 @@ impl MergedView {
 
 /// Which normalized paths a scan keeps. Called for every entry path and its parent directories.
 pub type Interest = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// Chunks buffered between receiving a layer and decompressing it (registry chunks are at most
+/// tens of KiB, so this stays in the low MiB).
+const PIPELINE_CHUNKS: usize = 4;
 
 /// Largest zstd window accepted (32 MiB): the decoder allocates the window a frame declares, so
 /// this bounds memory; layers written by podman/buildah use far smaller windows.
@@ -358,30 +363,47 @@ where
     let mut merger = LayerMerger::new(Arc::new(interest));
     let mut bytes_read = 0;
     for (compression, layer) in plan {
-        let stream = registry.blob_stream(repository, &layer.digest).await?;
+        let mut stream = registry.blob_stream(repository, &layer.digest).await?;
         let counted = Arc::new(AtomicU64::new(0));
         // The registry's own error (classified) is kept here; the sync reader only sees io errors.
         let failure: Arc<Mutex<Option<registry::Error>>> = Arc::default();
         let (count, fail) = (counted.clone(), failure.clone());
-        let stream = stream.map(move |chunk| match chunk {
-            Ok(bytes) => {
-                count.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                Ok(bytes)
-            }
-            Err(err) => {
-                let message = err.to_string();
-                *fail.lock().unwrap_or_else(|e| e.into_inner()) = Some(err);
-                Err(io::Error::other(message))
+        // Receiving and digest verification run in this task, decompression and tar parsing on the
+        // blocking thread: the two proceed in parallel (decompression is most of a scan's CPU, the
+        // digest most of the rest), with at most PIPELINE_CHUNKS chunks in between.
+        let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(PIPELINE_CHUNKS);
+        let pump = tokio::spawn(async move {
+            while let Some(chunk) = stream.next().await {
+                let item = match chunk {
+                    Ok(bytes) => {
+                        count.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                        Ok(bytes)
+                    }
+                    Err(err) => {
+                        let message = err.to_string();
+                        *fail.lock().unwrap_or_else(|e| e.into_inner()) = Some(err);
+                        Err(io::Error::other(message))
+                    }
+                };
+                let stop = item.is_err();
+                // A closed receiver means the merger stopped reading (a malformed layer): done.
+                if tx.send(item).await.is_err() || stop {
+                    break;
+                }
             }
         });
-        let reader = SyncIoBridge::new(StreamReader::new(stream));
+        let chunks = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+        let reader = SyncIoBridge::new(StreamReader::new(Box::pin(chunks)));
         let digest = layer.digest.clone();
         let task = tokio::task::spawn_blocking(move || {
             let result = merger.apply_layer(compression, reader);
             (merger, result)
         });
-        let (returned, result) =
-            task.await.map_err(|e| Error::Task { digest: digest.clone(), detail: e.to_string() })?;
+        let joined = task.await;
+        // The reader is gone (dropped with the blocking task), so the pump has finished or stops
+        // at its next send; waiting for it makes `counted` and `failure` final.
+        pump.await.map_err(|e| Error::Task { digest: digest.clone(), detail: e.to_string() })?;
+        let (returned, result) = joined.map_err(|e| Error::Task { digest: digest.clone(), detail: e.to_string() })?;
         merger = returned;
         bytes_read += counted.load(Ordering::Relaxed);
         if let Some(err) = failure.lock().unwrap_or_else(|e| e.into_inner()).take() {
