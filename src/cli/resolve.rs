@@ -7,19 +7,18 @@
 //! (unauthorized); 4 a registry was unreachable or rate limited (try again later). The reason is
 //! one line on stderr.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, ValueEnum};
 use k8s_openapi::jiff::Timestamp;
 
-use super::common::RegistryArgs;
+use super::common::{OutputFormat, RegistryArgs, write_output};
 use crate::api::build::{
     DEFAULT_AKMODS_REVISION, DEFAULT_BASE_IMAGE, DEFAULT_BUILDER_IMAGE, DEFAULT_ZFS_MINOR_VERSION, KernelPolicy,
 };
 use crate::pipeline::lock;
-use crate::pipeline::records::resolved_inputs_json;
+use crate::pipeline::records::ResolvedDocument;
 use crate::pipeline::resolve::{self, Request, Resolver, apply_kernel_policy};
 use crate::registry::{self, AnswerClass, OciRegistry};
 
@@ -36,8 +35,6 @@ pub enum Error {
     Registry(#[from] registry::Error),
     #[error(transparent)]
     Resolve(#[from] resolve::Error),
-    #[error("cannot write to stdout: {0}")]
-    Stdout(#[source] std::io::Error),
 }
 
 impl Error {
@@ -97,6 +94,10 @@ pub struct ResolveArgs {
 
     #[command(flatten)]
     pub registry: RegistryArgs,
+
+    /// Output format (JSON is the reference's build-inputs layout).
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Json)]
+    pub output: OutputFormat,
 }
 
 /// The resolver's request for these arguments (pure; reads the lock file).
@@ -121,17 +122,16 @@ pub fn request(args: &ResolveArgs) -> Result<Request, Error> {
     })
 }
 
-pub async fn run(args: &ResolveArgs) -> Result<ExitCode, Error> {
+pub async fn run(args: &ResolveArgs) -> Result<ExitCode, super::Error> {
     let request = request(args)?;
-    let registry = OciRegistry::from_args(&args.registry)?;
-    let inputs = Resolver::new().resolve(&registry, &request).await?;
+    let registry = OciRegistry::from_args(&args.registry).map_err(Error::from)?;
+    let inputs = Resolver::new().resolve(&registry, &request).await.map_err(Error::from)?;
     let policy = match args.kernels {
         Kernels::All => KernelPolicy::All,
         Kernels::Newest => KernelPolicy::Newest,
     };
     let inputs = apply_kernel_policy(inputs, policy);
-    let text = resolved_inputs_json(&inputs, Timestamp::now());
-    std::io::stdout().write_all(text.as_bytes()).map_err(Error::Stdout)?;
+    write_output(args.output, &ResolvedDocument::new(&inputs, Timestamp::now()))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -148,6 +148,7 @@ mod tests {
             lock,
             kernels: Kernels::All,
             registry: RegistryArgs::default(),
+            output: OutputFormat::Json,
         }
     }
 

@@ -9,6 +9,10 @@ pub enum Error {
     NoKernels,
     #[error("Failed to extract Fedora version from kernel release {0}")]
     NoFedoraVersion(String),
+    #[error(
+        "invalid kernel release {0:?}: expected a `uname -r` value such as 6.18.12-200.fc43.x86_64 (letters, digits, `.`, `_`, `+`, `~`, `-`)"
+    )]
+    InvalidRelease(String),
 }
 
 /// Compares two strings naturally: runs of digits compare by numeric value, so
@@ -69,6 +73,14 @@ where
     out
 }
 
+/// Checks that `release` looks like a kernel release (`uname -r`): it becomes part of paths
+/// (`lib/modules/<release>/...`) and file names, so `/`, whitespace and empty values are refused.
+pub fn check_release(release: &str) -> Result<(), Error> {
+    let ok = !release.is_empty()
+        && release.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'+' | b'~' | b'-'));
+    if ok { Ok(()) } else { Err(Error::InvalidRelease(release.to_string())) }
+}
+
 /// The newest (primary) kernel of a natural-sorted list.
 pub fn newest(sorted: &[String]) -> Result<&str, Error> {
     sorted.last().map(String::as_str).ok_or(Error::NoKernels)
@@ -111,6 +123,15 @@ mod tests {
         assert_eq!(sorted, ["6.17.1-1.fc43.x86_64", "6.18.1-1.fc43.x86_64"]);
         assert_eq!(newest(&sorted), Ok("6.18.1-1.fc43.x86_64"));
         assert_eq!(newest(&[]), Err(Error::NoKernels));
+    }
+
+    #[test]
+    fn releases_are_checked_before_they_become_paths() {
+        assert_eq!(check_release("6.18.12-200.fc43.x86_64"), Ok(()));
+        assert_eq!(check_release("6.1.0+rt~1_x"), Ok(()));
+        for bad in ["", "6.18/../x", "6.18 6.19", "6.18\n"] {
+            assert_eq!(check_release(bad), Err(Error::InvalidRelease(bad.into())), "{bad:?}");
+        }
     }
 
     #[test]

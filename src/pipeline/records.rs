@@ -217,23 +217,30 @@ pub fn build_inputs_json(id: &RunIdentity, inputs: &ResolvedInputs, generated_at
     })
 }
 
+/// What `kinoite-zfs-operator resolve` prints: the build-inputs manifest without the fields that
+/// describe a run (`repository`, `workflow`, `run`), since resolving outside a build has none.
+/// `inputs` is rendered by the same code as the run records', so it can be fed to `plan
+/// --inputs` and compared with a run's `build-inputs.json` field by field.
 #[derive(Serialize)]
-struct ResolvedDocument<'a> {
+pub struct ResolvedDocument<'a> {
     schema_version: u32,
     generated_at: String,
     inputs: BuildInputsFields<'a>,
 }
 
-/// What `kinoite-zfs-operator resolve` prints: the build-inputs manifest without the fields that
-/// describe a run (`repository`, `workflow`, `run`), since resolving outside a build has none.
-/// `inputs` is rendered by the same code as the run records', so it can be fed to `plan
-/// --inputs` and compared with a run's `build-inputs.json` field by field.
+impl<'a> ResolvedDocument<'a> {
+    pub fn new(inputs: &'a ResolvedInputs, generated_at: Timestamp) -> Self {
+        ResolvedDocument {
+            schema_version: 1,
+            generated_at: reference_time(generated_at),
+            inputs: BuildInputsFields::of(inputs),
+        }
+    }
+}
+
+/// [`ResolvedDocument`] as JSON in the records' layout (2-space indent, trailing newline).
 pub fn resolved_inputs_json(inputs: &ResolvedInputs, generated_at: Timestamp) -> String {
-    pretty(&ResolvedDocument {
-        schema_version: 1,
-        generated_at: reference_time(generated_at),
-        inputs: BuildInputsFields::of(inputs),
-    })
+    pretty(&ResolvedDocument::new(inputs, generated_at))
 }
 
 /// `build-provenance.json` of a run that pushed and verified its candidate. Digests are the

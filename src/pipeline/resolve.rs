@@ -86,8 +86,13 @@ pub enum Error {
 }
 
 impl Error {
-    /// The registry failure behind this error, if any: its class decides between waiting
+    /// The class of the registry answer behind this error, if any: it decides between waiting
     /// (transient), asking for credentials (unauthorized) and a permanent failure.
+    pub fn class(&self) -> Option<registry::AnswerClass> {
+        self.registry_error().and_then(registry::Error::class)
+    }
+
+    /// The registry failure behind this error, if any.
     pub fn registry_error(&self) -> Option<&registry::Error> {
         match self {
             Error::BaseImage { source, .. } | Error::TagLookup { source, .. } | Error::Builder { source, .. } => {

@@ -1,12 +1,18 @@
 //! Integration tests: one test binary (one link step) with a module per area.
 
+#![recursion_limit = "256"]
+
 #[path = "../support/mod.rs"]
 mod support;
 
+mod apisim;
+mod cache_check;
 mod crds;
 mod examples;
 mod layer_walker;
 mod plan_cli;
+mod promote;
 mod registry_fixture;
 mod registry_layer;
 mod resolve;
+mod verify;

@@ -8,8 +8,9 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
+use kinoite_zfs_operator::controllers::build::execute;
 use kinoite_zfs_operator::controllers::build::work::{
-    FailureClass, LockRequest, ResolvePurpose, ResolveRequest, WorkOutcome, resolve_outcome,
+    FailureClass, LockRequest, ResolvePurpose, ResolveRequest, WorkOutcome,
 };
 use kinoite_zfs_operator::pipeline::resolve::{Request, Resolver};
 use kinoite_zfs_operator::registry::{ClientSettings, OciRegistry, RetryPolicy};
@@ -339,7 +340,7 @@ async fn a_transient_tag_lookup_is_never_no_match() {
         akmods_ref: AKMODS.into(),
         lock: None,
     };
-    match resolve_outcome(&resolver, &client, &work).await {
+    match execute::resolve(&resolver, &client, &work).await {
         WorkOutcome::Failed(f) => assert_eq!(f.class, FailureClass::Transient, "{}", f.message),
         other => panic!("expected a transient failure, got {other:?}"),
     }
@@ -517,7 +518,7 @@ async fn lock_replay_and_lock_errors() {
             json: format!(r#"{{"base_image": "{base}"}}"#),
         }),
     };
-    match resolve_outcome(&Resolver::new(), &client, &work).await {
+    match execute::resolve(&Resolver::new(), &client, &work).await {
         WorkOutcome::Resolved(inputs) => {
             assert!(inputs.use_input_lock);
             assert_eq!(inputs.lock_file_path, "configmap/locks/inputs.lock.json");
@@ -529,7 +530,7 @@ async fn lock_replay_and_lock_errors() {
         lock: Some(LockRequest { path: "inline".into(), json: r#"{"base_image": "REPLACE_ME"}"#.into() }),
         ..work
     };
-    match resolve_outcome(&Resolver::new(), &client, &bad).await {
+    match execute::resolve(&Resolver::new(), &client, &bad).await {
         WorkOutcome::Failed(f) => {
             assert_eq!(f.class, FailureClass::Permanent);
             assert_eq!(f.message, "Lock file base_image still contains placeholder value");

@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod apisim;
 pub mod faults;
 pub mod image;
 pub mod registry;

@@ -83,6 +83,51 @@ pub fn validate_against_crd(
     validate(&schema, object, unknown)
 }
 
+/// Paths of the fields of `object` (a whole custom resource) that `schema` does not declare, as
+/// strict field validation reports them (`spec.foo`, `spec.items[0].bar`).
+pub fn unknown_fields(schema: &Value, object: &Value) -> Vec<String> {
+    let mut found = Vec::new();
+    if let (Some(map), Some(props)) = (object.as_object(), schema.get("properties").and_then(Value::as_object)) {
+        for (key, value) in map {
+            if ["apiVersion", "kind", "metadata"].contains(&key.as_str()) {
+                continue;
+            }
+            match props.get(key) {
+                Some(prop) => collect_unknown(prop, value, key, &mut found),
+                None if !preserves_unknown(schema) => found.push(key.clone()),
+                None => {}
+            }
+        }
+    }
+    found
+}
+
+fn collect_unknown(schema: &Value, value: &Value, path: &str, found: &mut Vec<String>) {
+    if preserves_unknown(schema) {
+        return;
+    }
+    match value {
+        Value::Object(map) => {
+            let props = schema.get("properties").and_then(Value::as_object);
+            let additional = schema.get("additionalProperties").filter(|a| a.is_object());
+            for (key, v) in map {
+                match (props.and_then(|p| p.get(key)), additional) {
+                    (Some(prop), _) | (None, Some(prop)) => collect_unknown(prop, v, &join(path, key), found),
+                    (None, None) => found.push(join(path, key)),
+                }
+            }
+        }
+        Value::Array(items) => {
+            if let Some(item_schema) = schema.get("items") {
+                for (i, item) in items.iter().enumerate() {
+                    collect_unknown(item_schema, item, &format!("{path}[{i}]"), found);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
 fn preserves_unknown(schema: &Value) -> bool {
     schema.get("x-kubernetes-preserve-unknown-fields").and_then(Value::as_bool).unwrap_or(false)
 }
@@ -240,7 +285,7 @@ fn check_string(schema: &Value, s: &str, shown: &str, errors: &mut Vec<String>) 
         errors.push(format!("{shown}: may not be longer than {max} characters"));
     }
     if let Some(pattern) = schema.get("pattern").and_then(Value::as_str) {
-        match regex::Regex::new(pattern) {
+        match compiled(pattern) {
             Ok(re) if re.is_match(s) => {}
             Ok(_) => errors.push(format!("{shown}: {s:?} does not match pattern {pattern:?}")),
             Err(e) => errors.push(format!("{shown}: schema pattern {pattern:?} does not compile: {e}")),
@@ -251,6 +296,19 @@ fn check_string(schema: &Value, s: &str, shown: &str, errors: &mut Vec<String>) 
     {
         errors.push(format!("{shown}: {s:?} is not an RFC 3339 date-time"));
     }
+}
+
+/// Schema patterns compiled once per process: compiling dominates validation otherwise, and the
+/// API simulator validates on every write. Shared through `Arc`, as a cloned `Regex` would start
+/// with a cold matching cache every time.
+fn compiled(pattern: &str) -> Result<std::sync::Arc<regex::Regex>, String> {
+    type Cache = std::collections::HashMap<String, Result<std::sync::Arc<regex::Regex>, String>>;
+    static CACHE: std::sync::OnceLock<std::sync::Mutex<Cache>> = std::sync::OnceLock::new();
+    let mut cache = CACHE.get_or_init(Default::default).lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    cache
+        .entry(pattern.to_string())
+        .or_insert_with(|| regex::Regex::new(pattern).map(std::sync::Arc::new).map_err(|e| e.to_string()))
+        .clone()
 }
 
 fn check_number(schema: &Value, n: f64, shown: &str, errors: &mut Vec<String>) {

@@ -1,5 +1,6 @@
 //! The `ZfsImageBuild` controller's pure core: the run planner ([`plan`]), its inputs
-//! ([`observed`], [`work`]), spec checks ([`spec`]) and condition reasons ([`reasons`]).
+//! ([`observed`], [`work`]), spec checks ([`spec`]) and condition reasons ([`reasons`]); and
+//! [`execute`], which does the resolution, cache and verification work items.
 //!
 //! The reconcile that wraps it (kube-runtime `Controller`, a later step) is:
 //!
@@ -10,6 +11,7 @@
 //!    in order, delete `delete`, write `status` when it changed, emit `events`;
 //! 4. requeue after `requeue_after`.
 
+pub mod execute;
 pub mod observed;
 pub mod plan;
 pub mod reasons;

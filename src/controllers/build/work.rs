@@ -11,9 +11,12 @@ use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
 
-use crate::api::build::{CacheCheckMethod, CacheStatus, ResolvedInputs, VerificationResult};
+use crate::api::build::{ResolvedInputs, VerificationResult};
+pub use crate::pipeline::cache::CacheVerdict;
+use crate::pipeline::cache::{CacheInputs, CacheQuery};
+use crate::pipeline::verify::VerifyQuery;
 use crate::pipeline::{lock, resolve};
-use crate::registry::{self, AnswerClass, RegistryClient};
+use crate::registry::{AnswerClass, ImageRef};
 
 /// One piece of registry work.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -77,44 +80,6 @@ pub struct LockRequest {
     pub json: String,
 }
 
-impl ResolveRequest {
-    /// The resolver's request. The lock is parsed and validated here with the same code as
-    /// `resolve --lock FILE` (R14), so a bad lock is a permanent failure with the reference's
-    /// message.
-    pub fn to_request(&self) -> Result<resolve::Request, lock::Error> {
-        let lock = self.lock.as_ref().map(|l| lock::parse(&l.json, &l.path)).transpose()?;
-        Ok(resolve::Request {
-            base_image: self.base_image.clone(),
-            builder_image: self.builder_image.clone(),
-            zfs_minor_version: self.zfs_minor_version.clone(),
-            akmods_ref: self.akmods_ref.clone(),
-            lock,
-        })
-    }
-}
-
-/// Does a [`RegistryWork::Resolve`] with the process's shared resolver (so a base digest is
-/// scanned once per process) and the build's registry client.
-pub async fn resolve_outcome<R: RegistryClient + ?Sized>(
-    resolver: &resolve::Resolver,
-    registry: &R,
-    request: &ResolveRequest,
-) -> WorkOutcome {
-    let request = match request.to_request() {
-        Ok(request) => request,
-        Err(err) => {
-            return WorkOutcome::Failed(RegistryFailure { class: FailureClass::Permanent, message: err.to_string() });
-        }
-    };
-    match resolver.resolve(registry, &request).await {
-        Ok(inputs) => WorkOutcome::Resolved(Box::new(inputs)),
-        Err(err) => WorkOutcome::Failed(RegistryFailure {
-            class: FailureClass::of(err.registry_error()),
-            message: err.to_string(),
-        }),
-    }
-}
-
 /// A cache decision for `image` (a tag for [`RegistryWork::CheckCache`], a digest reference for
 /// [`RegistryWork::ConfirmAkmods`]) and the run's inputs.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -136,18 +101,6 @@ pub struct VerifyRequest {
     pub base_image: Option<String>,
 }
 
-/// A cache verdict (`cache-check`'s answer).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CacheVerdict {
-    pub status: CacheStatus,
-    pub missing_kernels: Vec<String>,
-    pub method: Option<CacheCheckMethod>,
-    /// The checked image by digest (`NAME@sha256:...`) when it exists, else as requested.
-    pub source_image: String,
-    /// Why it is not reusable (e.g. built from another ZFS line).
-    pub reason: Option<String>,
-}
-
 /// How a registry operation failed. Only "absent" is ever an answer; it is never a failure
 /// (design §3 invariant 4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,12 +114,11 @@ pub enum FailureClass {
 }
 
 impl FailureClass {
-    /// The class of a failed operation from the registry error behind it: only rate-limited and
-    /// unreachable answers are transient, 401/403 is unauthorized, and everything else (absent
-    /// included: a missing base image is a spec problem, not a reason to rebuild) is permanent.
-    pub fn of(error: Option<&registry::Error>) -> FailureClass {
-        match error.and_then(registry::Error::class) {
-            Some(class) if class.is_transient() => FailureClass::Transient,
+    /// The class of a failure whose registry answer had `class` (`None`: not a registry answer,
+    /// e.g. bad input or unusable content, which no retry fixes).
+    pub fn of(class: Option<AnswerClass>) -> FailureClass {
+        match class {
+            Some(AnswerClass::RateLimited | AnswerClass::Unreachable) => FailureClass::Transient,
             Some(AnswerClass::Unauthorized) => FailureClass::Unauthorized,
             _ => FailureClass::Permanent,
         }
@@ -178,6 +130,49 @@ impl FailureClass {
 pub struct RegistryFailure {
     pub class: FailureClass,
     pub message: String,
+}
+
+impl ResolveRequest {
+    /// The resolver's request. The lock is parsed and validated here with the same code as
+    /// `resolve --lock FILE` (R14), so a bad lock is a permanent failure with the reference's
+    /// message.
+    pub fn query(&self) -> Result<resolve::Request, lock::Error> {
+        let lock = self.lock.as_ref().map(|l| lock::parse(&l.json, &l.path)).transpose()?;
+        Ok(resolve::Request {
+            base_image: self.base_image.clone(),
+            builder_image: self.builder_image.clone(),
+            zfs_minor_version: self.zfs_minor_version.clone(),
+            akmods_ref: self.akmods_ref.clone(),
+            lock,
+        })
+    }
+}
+
+impl CacheRequest {
+    /// The pipeline's query for this request (empty inputs are not compared).
+    pub fn query(&self) -> Result<CacheQuery, crate::registry::reference::Error> {
+        let given = |v: &str| (!v.is_empty()).then(|| v.to_string());
+        Ok(CacheQuery {
+            image: ImageRef::parse(&self.image)?,
+            kernel_releases: self.kernel_releases.clone(),
+            inputs: CacheInputs {
+                zfs_minor_version: given(&self.zfs_minor_version),
+                akmods_ref: given(&self.akmods_ref),
+                builder_digest: given(&self.builder_digest),
+            },
+        })
+    }
+}
+
+impl VerifyRequest {
+    /// The pipeline's query for this request.
+    pub fn query(&self) -> Result<VerifyQuery, crate::registry::reference::Error> {
+        Ok(VerifyQuery {
+            image: ImageRef::parse(&self.image)?,
+            kernel_releases: self.kernel_releases.clone(),
+            base_image: self.base_image.as_deref().map(ImageRef::parse).transpose()?,
+        })
+    }
 }
 
 /// The answer to one piece of work.
@@ -301,24 +296,6 @@ mod tests {
     }
 
     #[test]
-    fn failure_classes_follow_the_registry_answer() {
-        let answer = |class| registry::Error::Answer {
-            class,
-            what: "resolve ghcr.io/a/b:latest".into(),
-            host: "ghcr.io".into(),
-            status: None,
-            detail: String::new(),
-            retry_after: None,
-            attempts: 1,
-        };
-        assert_eq!(FailureClass::of(Some(&answer(AnswerClass::Unreachable))), FailureClass::Transient);
-        assert_eq!(FailureClass::of(Some(&answer(AnswerClass::RateLimited))), FailureClass::Transient);
-        assert_eq!(FailureClass::of(Some(&answer(AnswerClass::Unauthorized))), FailureClass::Unauthorized);
-        assert_eq!(FailureClass::of(Some(&answer(AnswerClass::Absent))), FailureClass::Permanent);
-        assert_eq!(FailureClass::of(None), FailureClass::Permanent);
-    }
-
-    #[test]
     fn lock_requests_are_validated_like_lock_files() {
         let request = |json: &str| ResolveRequest {
             purpose: ResolvePurpose::Run(1),
@@ -328,9 +305,9 @@ mod tests {
             akmods_ref: "9d13b6950811cdaae2e8ab748c85c5da35810ae3".into(),
             lock: Some(LockRequest { path: "configmap/locks/inputs.lock.json".into(), json: json.into() }),
         };
-        let err = request(r#"{"version": 1}"#).to_request().unwrap_err();
+        let err = request(r#"{"version": 1}"#).query().unwrap_err();
         assert_eq!(err.to_string(), "Lock file missing required field: base_image");
-        let ok = request(r#"{"base_image": "ghcr.io/a/b:43-20260227"}"#).to_request().unwrap();
+        let ok = request(r#"{"base_image": "ghcr.io/a/b:43-20260227"}"#).query().unwrap();
         assert_eq!(ok.lock.unwrap().source, "configmap/locks/inputs.lock.json");
     }
 
