@@ -41,7 +41,7 @@ impl Error {
     /// The process exit code (see the module documentation).
     pub fn exit_code(&self) -> u8 {
         let answer = match self {
-            Error::Resolve(err) => err.registry_error().and_then(registry::Error::class),
+            Error::Resolve(err) => err.class(),
             Error::Registry(err) => err.class(),
             _ => None,
         };

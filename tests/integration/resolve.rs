@@ -208,6 +208,15 @@ async fn resolves_a_kinoite_like_base() {
     assert_eq!(out_newest["inputs"]["kernel_releases"], serde_json::json!([K_NEW]));
     assert_eq!(out_newest["inputs"]["kernel_release"], K_NEW);
 
+    // YAML on request, same document.
+    let mut yaml = base_args(host, &format!("{BASE_REPO}:latest"));
+    yaml.extend(["-o".to_string(), "yaml".to_string()]);
+    let extra: Vec<&str> = yaml.iter().map(String::as_str).collect();
+    let (code, stdout, stderr) = resolve(host, &extra).await;
+    assert_eq!(code, 0, "{stderr}");
+    let as_yaml: Value = serde_saphyr::from_str(&stdout).unwrap();
+    assert_eq!(as_yaml["inputs"], out["inputs"]);
+
     // The output is a build-inputs document `plan --inputs` accepts.
     let dir = tempfile::tempdir().unwrap();
     let inputs_file = dir.path().join("build-inputs.json");
