@@ -5,6 +5,7 @@ pub mod common;
 mod crd;
 pub mod plan;
 pub mod promote;
+pub mod resolve;
 pub mod verify;
 
 use std::error::Error as StdError;
@@ -22,6 +23,8 @@ pub enum Error {
     Plan(#[from] plan::Error),
     #[error(transparent)]
     Promote(#[from] promote::Error),
+    #[error(transparent)]
+    Resolve(#[from] resolve::Error),
     #[error("cannot write {path}: {source}")]
     Write {
         path: PathBuf,
@@ -55,6 +58,7 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Registry(_) | Error::CacheCheck(_) | Error::Verify(_) => EXIT_NO_VERDICT,
+            Error::Resolve(err) => err.exit_code(),
             _ => 1,
         }
     }
@@ -84,6 +88,10 @@ pub enum Command {
     /// Print what a run of a ZfsImageBuild would do (inputs, cache decision, Jobs, ConfigMaps,
     /// tags), offline, with the controller's own planner.
     Plan(plan::PlanArgs),
+    /// Resolve a run's inputs from the registries (or replay a lock) and print the reference
+    /// build-inputs JSON: base digest and immutable tag, kernels, Fedora version, builder pin.
+    /// Exit 0 resolved, 1 cannot be resolved as given, 3 unauthorized, 4 registry unreachable.
+    Resolve(resolve::ResolveArgs),
     /// Decide whether an akmods cache image covers given kernels (and inputs); print a JSON
     /// verdict. Exit 0 for any verdict, 2 when no verdict can be given.
     CacheCheck(cache_check::CacheCheckArgs),
@@ -111,6 +119,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Error> {
     match cli.command {
         Command::Crd(args) => crd::run(&args),
         Command::Plan(args) => Ok(plan::run(&args)?),
+        Command::Resolve(args) => resolve::run(&args).await,
         Command::CacheCheck(args) => cache_check::run(&args).await,
         Command::Verify(args) => verify::run(&args).await,
         Command::Promote(args) => Ok(promote::run(&args).await?),

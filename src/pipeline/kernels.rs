@@ -7,7 +7,7 @@ use std::cmp::Ordering;
 pub enum Error {
     #[error("No kernel release found")]
     NoKernels,
-    #[error("Failed to derive Fedora version from kernel release {0}")]
+    #[error("Failed to extract Fedora version from kernel release {0}")]
     NoFedoraVersion(String),
     #[error(
         "invalid kernel release {0:?}: expected a `uname -r` value such as 6.18.12-200.fc43.x86_64 (letters, digits, `.`, `_`, `+`, `~`, `-`)"
@@ -140,5 +140,10 @@ mod tests {
         assert_eq!(fedora_version("6.1.0-fc41.fc42.x86_64").unwrap(), "42");
         assert_eq!(fedora_version("6.1.0-fc42.fcx").unwrap(), "42");
         assert_eq!(fedora_version("6.8.0-31-generic"), Err(Error::NoFedoraVersion("6.8.0-31-generic".into())));
+        // The reference's message (R2.7).
+        assert_eq!(
+            fedora_version("6.8.0-31-generic").unwrap_err().to_string(),
+            "Failed to extract Fedora version from kernel release 6.8.0-31-generic"
+        );
     }
 }

@@ -15,4 +15,5 @@ mod promote;
 mod promotion_controller;
 mod registry_fixture;
 mod registry_layer;
+mod resolve;
 mod verify;

@@ -540,7 +540,7 @@ async fn a_restarted_controller_resumes_the_promotion_in_flight() {
     w.create_build("kinoite", "Main").await;
     w.set_runs("kinoite", &[r1.summary(w.host(), "Succeeded", true)]).await;
     // The registry refuses to move `latest`: the promotion stops after copy-*, audit-tag.
-    w.proxy.inject_on("PUT", "/manifests/latest", Fault::Unavailable, 100_000);
+    w.proxy.inject_on_method("PUT", "/manifests/latest", Fault::Unavailable, 100_000);
     w.create_promotion("stable", "  buildRef: {name: kinoite}\n  policy: Auto\n  tags: [latest, '43']").await;
     let stuck = w
         .wait_for("stable", "stuck at tag:latest", |s| {
@@ -623,7 +623,7 @@ async fn a_newer_run_does_not_interrupt_a_promotion_in_flight() {
     let r2 = w.push_run(2).await;
     w.create_build("kinoite", "Main").await;
     w.set_runs("kinoite", &[r1.summary(w.host(), "Succeeded", true)]).await;
-    w.proxy.inject_on("PUT", "/manifests/43", Fault::Unavailable, 100_000);
+    w.proxy.inject_on_method("PUT", "/manifests/43", Fault::Unavailable, 100_000);
     w.create_promotion("stable", "  buildRef: {name: kinoite}\n  policy: Auto\n  tags: [latest, '43']").await;
     w.wait_for("stable", "run 1 stuck at tag:43", |s| {
         s.in_progress.as_ref().is_some_and(|p| p.run == 1)

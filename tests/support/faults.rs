@@ -46,14 +46,6 @@ pub struct Seen {
     pub fault: Option<Fault>,
 }
 
-/// A fault for the requests with this method whose path ends with `path_suffix`.
-struct Rule {
-    method: String,
-    path_suffix: String,
-    fault: Fault,
-    remaining: usize,
-}
-
 struct State {
     addr: String,
     upstream: String,
@@ -62,8 +54,9 @@ struct State {
     /// Issued token -> granted scopes.
     tokens: Mutex<HashMap<String, Vec<String>>>,
     faults: Mutex<VecDeque<Fault>>,
-    /// Faults for matching requests only, checked before `faults`.
-    rules: Mutex<Vec<Rule>>,
+    /// Faults for requests whose path contains a text, and with this method when one is given:
+    /// (method, text, fault, times left).
+    targeted: Mutex<Vec<(Option<String>, String, Fault, usize)>>,
     /// Forward cross-repository mount requests as plain upload starts (the registry then answers
     /// 202 with an upload session, as registries that do not mount do).
     refuse_mounts: AtomicBool,
@@ -99,7 +92,7 @@ impl FaultProxy {
             token_auth,
             tokens: Mutex::default(),
             faults: Mutex::default(),
-            rules: Mutex::default(),
+            targeted: Mutex::default(),
             refuse_mounts: AtomicBool::new(false),
             seen: Mutex::default(),
             client: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap(),
@@ -132,16 +125,16 @@ impl FaultProxy {
         faults.extend(std::iter::repeat_n(fault, times));
     }
 
-    /// Applies `fault` to the next `times` requests with `method` whose path ends with
-    /// `path_suffix` (e.g. `PUT` of `/manifests/latest`: one registry write, whatever the
-    /// requests around it), before the faults queued with [`FaultProxy::inject`].
-    pub fn inject_on(&self, method: &str, path_suffix: &str, fault: Fault, times: usize) {
-        self.state.rules.lock().unwrap().push(Rule {
-            method: method.to_string(),
-            path_suffix: path_suffix.to_string(),
-            fault,
-            remaining: times,
-        });
+    /// Applies `fault` to the next `times` requests whose path contains `path_part` (e.g. one
+    /// tag's `/manifests/TAG`); other requests pass. Checked before the queue of [`inject`].
+    pub fn inject_on(&self, path_part: &str, fault: Fault, times: usize) {
+        self.state.targeted.lock().unwrap().push((None, path_part.to_string(), fault, times));
+    }
+
+    /// Like [`FaultProxy::inject_on`], for requests with this method only (e.g. the `PUT` of one
+    /// tag: its reads still pass, so the client gets as far as the write).
+    pub fn inject_on_method(&self, method: &str, path_part: &str, fault: Fault, times: usize) {
+        self.state.targeted.lock().unwrap().push((Some(method.to_string()), path_part.to_string(), fault, times));
     }
 
     /// Makes the registry refuse (or accept again) cross-repository blob mounts: a mount request
@@ -150,10 +143,10 @@ impl FaultProxy {
         self.state.refuse_mounts.store(refuse, Ordering::SeqCst);
     }
 
-    /// Drops faults that were queued but not used (also those of [`FaultProxy::inject_on`]).
+    /// Drops faults that were queued but not used.
     pub fn clear(&self) {
         self.state.faults.lock().unwrap().clear();
-        self.state.rules.lock().unwrap().clear();
+        self.state.targeted.lock().unwrap().clear();
     }
 
     /// Every request seen so far.
@@ -175,16 +168,18 @@ impl Drop for FaultProxy {
 
 type Answer = Result<Response<Full<Bytes>>, std::io::Error>;
 
+fn targeted_fault(state: &State, method: &str, path: &str) -> Option<Fault> {
+    let mut targeted = state.targeted.lock().unwrap();
+    let (_, _, fault, left) = targeted.iter_mut().find(|(only, part, _, left)| {
+        *left > 0 && path.contains(part.as_str()) && only.as_deref().is_none_or(|m| m == method)
+    })?;
+    *left -= 1;
+    Some(fault.clone())
+}
+
 async fn handle(state: Arc<State>, req: Request<Incoming>) -> Answer {
-    let ruled = state.rules.lock().unwrap().iter_mut().find_map(|rule| {
-        let matches =
-            rule.remaining > 0 && req.method().as_str() == rule.method && req.uri().path().ends_with(&rule.path_suffix);
-        matches.then(|| {
-            rule.remaining -= 1;
-            rule.fault.clone()
-        })
-    });
-    let fault = ruled.or_else(|| state.faults.lock().unwrap().pop_front());
+    let fault =
+        targeted_fault(&state, req.method().as_str(), req.uri().path()).or_else(|| state.faults.lock().unwrap().pop_front());
     state.seen.lock().unwrap().push(Seen {
         method: req.method().to_string(),
         path: req.uri().path().to_string(),

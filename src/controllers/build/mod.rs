@@ -1,6 +1,6 @@
 //! The `ZfsImageBuild` controller's pure core: the run planner ([`plan`]), its inputs
 //! ([`observed`], [`work`]), spec checks ([`spec`]) and condition reasons ([`reasons`]); and
-//! [`execute`], which does the cache and verification work items.
+//! [`execute`], which does the resolution, cache and verification work items.
 //!
 //! The reconcile that wraps it (kube-runtime `Controller`, a later step) is:
 //!

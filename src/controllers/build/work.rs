@@ -15,6 +15,7 @@ use crate::api::build::{ResolvedInputs, VerificationResult};
 pub use crate::pipeline::cache::CacheVerdict;
 use crate::pipeline::cache::{CacheInputs, CacheQuery};
 use crate::pipeline::verify::VerifyQuery;
+use crate::pipeline::{lock, resolve};
 use crate::registry::{AnswerClass, ImageRef};
 
 /// One piece of registry work.
@@ -129,6 +130,22 @@ impl FailureClass {
 pub struct RegistryFailure {
     pub class: FailureClass,
     pub message: String,
+}
+
+impl ResolveRequest {
+    /// The resolver's request. The lock is parsed and validated here with the same code as
+    /// `resolve --lock FILE` (R14), so a bad lock is a permanent failure with the reference's
+    /// message.
+    pub fn query(&self) -> Result<resolve::Request, lock::Error> {
+        let lock = self.lock.as_ref().map(|l| lock::parse(&l.json, &l.path)).transpose()?;
+        Ok(resolve::Request {
+            base_image: self.base_image.clone(),
+            builder_image: self.builder_image.clone(),
+            zfs_minor_version: self.zfs_minor_version.clone(),
+            akmods_ref: self.akmods_ref.clone(),
+            lock,
+        })
+    }
 }
 
 impl CacheRequest {
@@ -276,6 +293,22 @@ mod tests {
         assert_eq!(r.get(&work()).unwrap().attempts, 1);
         r.retain(&BTreeSet::new());
         assert!(r.is_empty());
+    }
+
+    #[test]
+    fn lock_requests_are_validated_like_lock_files() {
+        let request = |json: &str| ResolveRequest {
+            purpose: ResolvePurpose::Run(1),
+            base_image: "ghcr.io/a/b:latest".into(),
+            builder_image: "ghcr.io/a/builder:latest".into(),
+            zfs_minor_version: "2.4".into(),
+            akmods_ref: "9d13b6950811cdaae2e8ab748c85c5da35810ae3".into(),
+            lock: Some(LockRequest { path: "configmap/locks/inputs.lock.json".into(), json: json.into() }),
+        };
+        let err = request(r#"{"version": 1}"#).query().unwrap_err();
+        assert_eq!(err.to_string(), "Lock file missing required field: base_image");
+        let ok = request(r#"{"base_image": "ghcr.io/a/b:43-20260227"}"#).query().unwrap();
+        assert_eq!(ok.lock.unwrap().source, "configmap/locks/inputs.lock.json");
     }
 
     #[test]
