@@ -46,6 +46,14 @@ pub struct Seen {
     pub fault: Option<Fault>,
 }
 
+/// A fault for requests whose path contains `path_part` (and with `method`, when given).
+struct Targeted {
+    method: Option<String>,
+    path_part: String,
+    fault: Fault,
+    left: usize,
+}
+
 struct State {
     addr: String,
     upstream: String,
@@ -54,9 +62,8 @@ struct State {
     /// Issued token -> granted scopes.
     tokens: Mutex<HashMap<String, Vec<String>>>,
     faults: Mutex<VecDeque<Fault>>,
-    /// Faults for requests whose path contains a text, and with this method when one is given:
-    /// (method, text, fault, times left).
-    targeted: Mutex<Vec<(Option<String>, String, Fault, usize)>>,
+    /// Faults for requests whose path contains a text.
+    targeted: Mutex<Vec<Targeted>>,
     /// Forward cross-repository mount requests as plain upload starts (the registry then answers
     /// 202 with an upload session, as registries that do not mount do).
     refuse_mounts: AtomicBool,
@@ -128,13 +135,22 @@ impl FaultProxy {
     /// Applies `fault` to the next `times` requests whose path contains `path_part` (e.g. one
     /// tag's `/manifests/TAG`); other requests pass. Checked before the queue of [`inject`].
     pub fn inject_on(&self, path_part: &str, fault: Fault, times: usize) {
-        self.state.targeted.lock().unwrap().push((None, path_part.to_string(), fault, times));
+        self.target(None, path_part, fault, times);
     }
 
     /// Like [`FaultProxy::inject_on`], for requests with this method only (e.g. the `PUT` of one
     /// tag: its reads still pass, so the client gets as far as the write).
     pub fn inject_on_method(&self, method: &str, path_part: &str, fault: Fault, times: usize) {
-        self.state.targeted.lock().unwrap().push((Some(method.to_string()), path_part.to_string(), fault, times));
+        self.target(Some(method), path_part, fault, times);
+    }
+
+    fn target(&self, method: Option<&str>, path_part: &str, fault: Fault, times: usize) {
+        self.state.targeted.lock().unwrap().push(Targeted {
+            method: method.map(str::to_string),
+            path_part: path_part.to_string(),
+            fault,
+            left: times,
+        });
     }
 
     /// Makes the registry refuse (or accept again) cross-repository blob mounts: a mount request
@@ -170,16 +186,16 @@ type Answer = Result<Response<Full<Bytes>>, std::io::Error>;
 
 fn targeted_fault(state: &State, method: &str, path: &str) -> Option<Fault> {
     let mut targeted = state.targeted.lock().unwrap();
-    let (_, _, fault, left) = targeted.iter_mut().find(|(only, part, _, left)| {
-        *left > 0 && path.contains(part.as_str()) && only.as_deref().is_none_or(|m| m == method)
+    let target = targeted.iter_mut().find(|t| {
+        t.left > 0 && path.contains(t.path_part.as_str()) && t.method.as_deref().is_none_or(|m| m == method)
     })?;
-    *left -= 1;
-    Some(fault.clone())
+    target.left -= 1;
+    Some(target.fault.clone())
 }
 
 async fn handle(state: Arc<State>, req: Request<Incoming>) -> Answer {
-    let fault =
-        targeted_fault(&state, req.method().as_str(), req.uri().path()).or_else(|| state.faults.lock().unwrap().pop_front());
+    let fault = targeted_fault(&state, req.method().as_str(), req.uri().path())
+        .or_else(|| state.faults.lock().unwrap().pop_front());
     state.seen.lock().unwrap().push(Seen {
         method: req.method().to_string(),
         path: req.uri().path().to_string(),
