@@ -3,6 +3,7 @@
 pub mod common;
 mod crd;
 pub mod plan;
+pub mod run;
 
 use std::error::Error as StdError;
 use std::path::PathBuf;
@@ -17,6 +18,8 @@ pub enum Error {
     Api(#[from] crate::api::Error),
     #[error(transparent)]
     Plan(#[from] plan::Error),
+    #[error(transparent)]
+    Run(#[from] run::Error),
     #[error("cannot write {path}: {source}")]
     Write {
         path: PathBuf,
@@ -46,6 +49,8 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the operator: the ZfsImageBuild controller, /healthz, /readyz and /metrics.
+    Run(run::RunArgs),
     /// Print both CRDs as YAML (the committed crds/ equal this output).
     Crd(crd::CrdArgs),
     /// Print what a run of a ZfsImageBuild would do (inputs, cache decision, Jobs, ConfigMaps,
@@ -69,6 +74,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Error> {
     match cli.command {
         Command::Crd(args) => crd::run(&args),
         Command::Plan(args) => Ok(plan::run(&args)?),
+        Command::Run(args) => Ok(run::run(&args).await?),
     }
 }
 

@@ -1,0 +1,80 @@
+//! The registry-work executor: the one place where the controller turns the planner's
+//! [`RegistryWork`] into registry reads — input resolution, the akmods cache decision, the
+//! confirmation of a builder's reported digests and candidate verification — and every failure
+//! into a classified [`RegistryFailure`] (design §3 invariant 4: only "absent" is an answer,
+//! never a reason to rebuild by itself).
+
+use super::work::{FailureClass, RegistryFailure, RegistryWork, WorkOutcome};
+use crate::registry::{self, AnswerClass, ImageRef, RegistryClient};
+
+/// Does registry work for the build controller. One per process: the resolver's per-digest
+/// kernel scans are shared by every build.
+#[derive(Debug, Default)]
+pub struct Executor {}
+
+impl Executor {
+    pub fn new() -> Executor {
+        Executor {}
+    }
+
+    /// The outcome of one piece of work, read with `registry` (the build's client).
+    pub async fn execute<R: RegistryClient + ?Sized>(&self, registry: &R, work: &RegistryWork) -> WorkOutcome {
+        match work {
+            RegistryWork::ConfirmImage { image } => confirm_image(registry, image).await,
+            RegistryWork::Resolve(_)
+            | RegistryWork::CheckCache(_)
+            | RegistryWork::ConfirmAkmods(_)
+            | RegistryWork::Verify(_) => {
+                failed(FailureClass::Permanent, format!("{} is not available in this build", work.kind()))
+            }
+        }
+    }
+}
+
+/// `HEAD` of `NAME@sha256:...`: present, or absent (an answer, not a failure).
+async fn confirm_image<R: RegistryClient + ?Sized>(registry: &R, image: &str) -> WorkOutcome {
+    let reference = match ImageRef::parse(image) {
+        Ok(reference) => reference,
+        Err(e) => return failed(FailureClass::Permanent, e.to_string()),
+    };
+    let Some(expected) = reference.digest().map(str::to_string) else {
+        return failed(FailureClass::Permanent, format!("{image} is not pinned by digest"));
+    };
+    match registry.resolve_digest(&reference).await {
+        Ok(digest) if digest == expected => WorkOutcome::Confirmed { present: true },
+        Ok(digest) => failed(
+            FailureClass::Permanent,
+            format!("the registry answered digest {digest} for {image}; refusing to trust either"),
+        ),
+        Err(e) if e.is_absent() => WorkOutcome::Confirmed { present: false },
+        Err(e) => failed(class_of(&e), e.to_string()),
+    }
+}
+
+/// The failure class of a registry error: rate limited and unreachable are transient, 401/403
+/// unauthorized, everything else (rejected, invalid content, absent where presence was required)
+/// permanent.
+pub fn class_of(error: &registry::Error) -> FailureClass {
+    match error.class() {
+        Some(AnswerClass::RateLimited | AnswerClass::Unreachable) => FailureClass::Transient,
+        Some(AnswerClass::Unauthorized) => FailureClass::Unauthorized,
+        _ => FailureClass::Permanent,
+    }
+}
+
+/// A short label of an outcome for metrics and logs.
+pub fn outcome_label(outcome: &WorkOutcome) -> &'static str {
+    match outcome {
+        WorkOutcome::Failed(f) => match f.class {
+            FailureClass::Transient => "transient",
+            FailureClass::Unauthorized => "unauthorized",
+            FailureClass::Permanent => "permanent",
+        },
+        WorkOutcome::Confirmed { present: false } => "absent",
+        _ => "ok",
+    }
+}
+
+fn failed(class: FailureClass, message: String) -> WorkOutcome {
+    WorkOutcome::Failed(RegistryFailure { class, message })
+}
