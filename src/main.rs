@@ -13,7 +13,7 @@ async fn main() -> ExitCode {
         Err(err) => {
             // One line on stderr: scripts and runbooks show it as the reason.
             eprintln!("error: {}", cli::one_line(&err));
-            ExitCode::FAILURE
+            ExitCode::from(err.exit_code())
         }
     }
 }

@@ -680,6 +680,11 @@ pub struct VerificationResult {
     /// What is missing, when verification failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Digest of the `linux/amd64` image that was checked, when the candidate is an index (the
+    /// candidate digest is then the index digest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DIGEST_PATTERN))]
+    pub platform_digest: Option<String>,
 }
 
 /// A finished run, as kept in history and `lastSucceededRun`.

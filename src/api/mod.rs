@@ -7,7 +7,9 @@ pub mod common;
 pub mod lock;
 pub mod promotion;
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
+};
 use kube::CustomResourceExt;
 
 pub use build::{ZfsImageBuild, ZfsImageBuildSpec, ZfsImageBuildStatus};
@@ -31,8 +33,36 @@ pub enum Error {
 /// Both CRDs, ordered by name (the order of the files in `crds/`).
 pub fn crds() -> Vec<CustomResourceDefinition> {
     let mut crds = vec![ZfsImageBuild::crd(), Promotion::crd()];
+    for crd in &mut crds {
+        for version in &mut crd.spec.versions {
+            if let Some(schema) = version.schema.as_mut().and_then(|s| s.open_api_v3_schema.as_mut()) {
+                unwrap_descriptions(schema);
+            }
+        }
+    }
     crds.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     crds
+}
+
+/// Doc comments are wrapped at the source's line width; `kubectl explain` wraps text itself, so
+/// single line breaks become spaces and only paragraph breaks stay.
+fn unwrap_descriptions(schema: &mut JSONSchemaProps) {
+    if let Some(text) = schema.description.take() {
+        let paragraphs: Vec<String> = text
+            .split("\n\n")
+            .map(|p| p.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" "))
+            .collect();
+        schema.description = Some(paragraphs.join("\n\n"));
+    }
+    for child in schema.properties.iter_mut().flat_map(|p| p.values_mut()) {
+        unwrap_descriptions(child);
+    }
+    if let Some(JSONSchemaPropsOrArray::Schema(items)) = schema.items.as_mut() {
+        unwrap_descriptions(items);
+    }
+    if let Some(JSONSchemaPropsOrBool::Schema(additional)) = schema.additional_properties.as_mut() {
+        unwrap_descriptions(additional);
+    }
 }
 
 /// File name of a CRD in `crds/`.

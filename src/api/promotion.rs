@@ -193,16 +193,19 @@ pub struct PromotionProgress {
     /// Stable akmods `name:tag` to align, when aligning akmods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stable_akmods: Option<String>,
-    /// Stable tags being moved.
+    /// Stable image repository `host/path` the tags are moved in.
+    pub stable_repository: String,
+    /// Stable tags being moved; the first is guarded by the compare-and-swap.
     pub tags: Vec<String>,
     /// Audit tag being written.
     pub audit_tag: String,
-    /// The stable digest the first tag was expected to hold before the first write (`absent`
-    /// for a first promotion).
+    /// The digest the first stable tag had to hold before it was moved (`absent` for a first
+    /// promotion), fixed when the promotion started.
     pub expected_stable_digest: String,
     /// When the promotion started.
     pub started_at: Time,
-    /// Steps in order; each is `Pending` or `Done`.
+    /// Steps in execution order: `copy-image`, `copy-akmods`, `audit-tag`, `tag:<tag>` (one per
+    /// stable tag), `akmods-tag`, `confirm` (copy-akmods and akmods-tag only when aligning).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub steps: Vec<PromotionStep>,
 }
@@ -211,19 +214,21 @@ pub struct PromotionProgress {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PromotionStep {
-    /// Step name, e.g. `copy-blobs`, `tag:latest`, `audit-tag`, `akmods`, `confirm`.
+    /// Step name: `copy-image`, `copy-akmods`, `audit-tag`, `tag:<tag>`, `akmods-tag` or
+    /// `confirm`.
     pub name: String,
-    /// `Pending` or `Done`.
+    /// `Pending`, `Running` (written before the step's registry write) or `Done` (after it).
     pub state: StepState,
-    /// Digest written or confirmed by the step.
+    /// Digest the step's tag was confirmed at.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
 }
 
-/// Step state. Values: `Pending`, `Done`.
+/// Step state. Values: `Pending`, `Running`, `Done`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub enum StepState {
     Pending,
+    Running,
     Done,
 }
 

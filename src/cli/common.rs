@@ -24,3 +24,16 @@ pub enum OutputFormat {
     Json,
     Yaml,
 }
+
+/// Prints a machine-readable result on stdout (JSON pretty-printed, or YAML).
+pub fn write_output<T: serde::Serialize>(format: OutputFormat, value: &T) -> Result<(), super::Error> {
+    let text = match format {
+        OutputFormat::Json => {
+            let mut s = serde_json::to_string_pretty(value).map_err(|e| super::Error::Render(e.to_string()))?;
+            s.push('\n');
+            s
+        }
+        OutputFormat::Yaml => serde_saphyr::to_string(value).map_err(|e| super::Error::Render(e.to_string()))?,
+    };
+    std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes()).map_err(super::Error::Stdout)
+}

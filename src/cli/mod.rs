@@ -1,9 +1,13 @@
 //! The command line: one binary, the same code paths the controllers use.
 
+pub mod cache_check;
 pub mod common;
 mod crd;
 pub mod plan;
+pub mod promote;
+pub mod resolve;
 pub mod run;
+pub mod verify;
 
 use std::error::Error as StdError;
 use std::path::PathBuf;
@@ -20,6 +24,10 @@ pub enum Error {
     Plan(#[from] plan::Error),
     #[error(transparent)]
     Run(#[from] run::Error),
+    #[error(transparent)]
+    Promote(#[from] promote::Error),
+    #[error(transparent)]
+    Resolve(#[from] resolve::Error),
     #[error("cannot write {path}: {source}")]
     Write {
         path: PathBuf,
@@ -28,6 +36,35 @@ pub enum Error {
     },
     #[error("cannot write to stdout: {0}")]
     Stdout(#[source] std::io::Error),
+    #[error("cannot render the output: {0}")]
+    Render(String),
+    #[error(transparent)]
+    Registry(Box<crate::registry::Error>),
+    #[error(transparent)]
+    CacheCheck(#[from] crate::pipeline::cache::Error),
+    #[error(transparent)]
+    Verify(#[from] crate::pipeline::verify::Error),
+}
+
+impl From<crate::registry::Error> for Error {
+    fn from(err: crate::registry::Error) -> Error {
+        Error::Registry(Box::new(err))
+    }
+}
+
+/// Exit code when a registry command could give no verdict (1 stays "verification failed" for
+/// `verify`; clap also exits 2 on usage errors).
+pub const EXIT_NO_VERDICT: u8 = 2;
+
+impl Error {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Registry(_) | Error::CacheCheck(_) | Error::Verify(_) => EXIT_NO_VERDICT,
+            Error::Resolve(err) => err.exit_code(),
+            _ => 1,
+        }
+    }
 }
 
 #[derive(Debug, Parser)]
@@ -56,6 +93,19 @@ pub enum Command {
     /// Print what a run of a ZfsImageBuild would do (inputs, cache decision, Jobs, ConfigMaps,
     /// tags), offline, with the controller's own planner.
     Plan(plan::PlanArgs),
+    /// Resolve a run's inputs from the registries (or replay a lock) and print the reference
+    /// build-inputs JSON: base digest and immutable tag, kernels, Fedora version, builder pin.
+    /// Exit 0 resolved, 1 cannot be resolved as given, 3 unauthorized, 4 registry unreachable.
+    Resolve(resolve::ResolveArgs),
+    /// Decide whether an akmods cache image covers given kernels (and inputs); print a JSON
+    /// verdict. Exit 0 for any verdict, 2 when no verdict can be given.
+    CacheCheck(cache_check::CacheCheckArgs),
+    /// Verify that a candidate image (by digest) carries zfs, zpool and zfs.ko for given kernels;
+    /// print a JSON verdict. Exit 0 verified, 1 not verified, 2 no verdict.
+    Verify(verify::VerifyArgs),
+    /// Move stable tags to a verified candidate by digest: audit tag, akmods alignment,
+    /// compare-and-swap; nothing moves when a precondition fails.
+    Promote(promote::PromoteArgs),
 }
 
 /// Logs go to stderr so stdout stays machine-readable; `RUST_LOG` filters (default `info`).
@@ -75,6 +125,10 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Error> {
         Command::Crd(args) => crd::run(&args),
         Command::Plan(args) => Ok(plan::run(&args)?),
         Command::Run(args) => Ok(run::run(&args).await?),
+        Command::Resolve(args) => resolve::run(&args).await,
+        Command::CacheCheck(args) => cache_check::run(&args).await,
+        Command::Verify(args) => verify::run(&args).await,
+        Command::Promote(args) => Ok(promote::run(&args).await?),
     }
 }
 

@@ -40,7 +40,7 @@ pub enum Error {
     #[error("{path} is not a build-inputs document: {message}")]
     Inputs { path: PathBuf, message: String },
     #[error(
-        "--lock needs the registry to resolve the lock's inputs, which `plan` cannot do yet; pass --inputs with the build-inputs.json of a run record (ConfigMap <build>-run-<n>) or of `resolve`"
+        "--lock needs the registry to resolve the lock's inputs and `plan` resolves nothing: run `kinoite-zfs-operator resolve --lock FILE > inputs.json` and pass --inputs inputs.json"
     )]
     LockUnsupported,
     #[error("pass --inputs FILE (a build-inputs.json); `plan` resolves nothing itself")]
@@ -66,7 +66,8 @@ pub struct PlanArgs {
     #[arg(long, value_name = "FILE", conflicts_with = "lock")]
     pub inputs: Option<PathBuf>,
 
-    /// A replay lock to resolve (needs registry access; not supported yet).
+    /// A replay lock: refused, since `plan` resolves nothing (use `resolve --lock FILE`, then
+    /// `--inputs`).
     #[arg(long, value_name = "LOCK")]
     pub lock: Option<PathBuf>,
 

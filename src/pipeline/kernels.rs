@@ -7,8 +7,12 @@ use std::cmp::Ordering;
 pub enum Error {
     #[error("No kernel release found")]
     NoKernels,
-    #[error("Failed to derive Fedora version from kernel release {0}")]
+    #[error("Failed to extract Fedora version from kernel release {0}")]
     NoFedoraVersion(String),
+    #[error(
+        "invalid kernel release {0:?}: expected a `uname -r` value such as 6.18.12-200.fc43.x86_64 (letters, digits, `.`, `_`, `+`, `~`, `-`)"
+    )]
+    InvalidRelease(String),
 }
 
 /// Compares two strings naturally: runs of digits compare by numeric value, so
@@ -69,6 +73,14 @@ where
     out
 }
 
+/// Checks that `release` looks like a kernel release (`uname -r`): it becomes part of paths
+/// (`lib/modules/<release>/...`) and file names, so `/`, whitespace and empty values are refused.
+pub fn check_release(release: &str) -> Result<(), Error> {
+    let ok = !release.is_empty()
+        && release.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'+' | b'~' | b'-'));
+    if ok { Ok(()) } else { Err(Error::InvalidRelease(release.to_string())) }
+}
+
 /// The newest (primary) kernel of a natural-sorted list.
 pub fn newest(sorted: &[String]) -> Result<&str, Error> {
     sorted.last().map(String::as_str).ok_or(Error::NoKernels)
@@ -114,10 +126,24 @@ mod tests {
     }
 
     #[test]
+    fn releases_are_checked_before_they_become_paths() {
+        assert_eq!(check_release("6.18.12-200.fc43.x86_64"), Ok(()));
+        assert_eq!(check_release("6.1.0+rt~1_x"), Ok(()));
+        for bad in ["", "6.18/../x", "6.18 6.19", "6.18\n"] {
+            assert_eq!(check_release(bad), Err(Error::InvalidRelease(bad.into())), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn fedora_version_takes_the_last_fc_digits() {
         assert_eq!(fedora_version("6.18.12-200.fc43.x86_64").unwrap(), "43");
         assert_eq!(fedora_version("6.1.0-fc41.fc42.x86_64").unwrap(), "42");
         assert_eq!(fedora_version("6.1.0-fc42.fcx").unwrap(), "42");
         assert_eq!(fedora_version("6.8.0-31-generic"), Err(Error::NoFedoraVersion("6.8.0-31-generic".into())));
+        // The reference's message (R2.7).
+        assert_eq!(
+            fedora_version("6.8.0-31-generic").unwrap_err().to_string(),
+            "Failed to extract Fedora version from kernel release 6.8.0-31-generic"
+        );
     }
 }

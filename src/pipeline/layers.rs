@@ -1,7 +1,10 @@
 //! The layer walker: streams an image's layers (`tar`, `tar+gzip`, `tar+zstd`; OCI and Docker
-//! media types) in manifest order, reads only the tar headers, and builds the merged filesystem
-//! view of the paths a caller is interested in. Nothing is written to disk and only entries
-//! matching the interest are kept, so memory stays bounded whatever the image size.
+//! media types), reads only the tar headers, and builds the merged filesystem view of the paths a
+//! caller is interested in. Two layers are read at a time (one decompressor per core), each into a
+//! summary of its changes, and the summaries are applied in manifest order. Nothing is written to
+//! disk; what is kept is the entries matching the interest plus, for the layers being read, 16
+//! bytes per non-directory entry (the paths that may replace a lower directory), so memory stays
+//! bounded whatever the image size.
 //!
 //! Merge rules (OCI image spec "applying changesets"; fixes hazard H9):
 //! - `.wh.NAME` removes `NAME` and everything below it from the *lower* layers;
@@ -18,10 +21,12 @@
 //! passes only the layers on top of them.
 
 use std::collections::BTreeMap;
+use std::hash::{BuildHasher, RandomState};
 use std::io::{self, BufReader, Read};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use futures::StreamExt;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
@@ -154,79 +159,154 @@ impl MergedView {
 /// Which normalized paths a scan keeps. Called for every entry path and its parent directories.
 pub type Interest = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
+/// Chunks buffered between receiving a layer and decompressing it (registry chunks are at most
+/// tens of KiB, so this stays in the low MiB).
+const PIPELINE_CHUNKS: usize = 4;
+
 /// Largest zstd window accepted (32 MiB): the decoder allocates the window a frame declares, so
 /// this bounds memory; layers written by podman/buildah use far smaller windows.
 const ZSTD_WINDOW_LOG_MAX: u32 = 25;
 
-/// The merge state, fed one layer at a time (pure, synchronous; the async driver is
-/// [`scan_layers`]).
-pub struct LayerMerger {
-    interest: Interest,
-    lower: BTreeMap<String, EntryKind>,
-    layers: usize,
+/// Layers read at the same time by [`scan_layers`]. Decompression is most of a scan's CPU, so two
+/// layers in flight use two cores; each holds a decompressor (a zstd window is at most 32 MiB,
+/// gzip's 32 KiB) and a few pipeline chunks, which keeps the scan's memory bounded.
+const MAX_PARALLEL_LAYERS: usize = 2;
+
+/// Keys of normalized paths: two independently, randomly keyed SipHash values (128 bits), so a
+/// layer's removals can be remembered in 16 bytes per path whatever the path length, and a
+/// collision is neither practical to craft nor likely by chance.
+#[derive(Clone)]
+struct PathHasher(RandomState, RandomState);
+
+impl PathHasher {
+    fn new() -> PathHasher {
+        PathHasher(RandomState::new(), RandomState::new())
+    }
+
+    fn key(&self, path: &str) -> u128 {
+        (u128::from(self.0.hash_one(path)) << 64) | u128::from(self.1.hash_one(path))
+    }
+}
+
+/// A set of path keys (sorted once the layer is read).
+#[derive(Default)]
+struct PathSet(Vec<u128>);
+
+impl PathSet {
+    fn seal(&mut self) {
+        self.0.sort_unstable();
+        self.0.dedup();
+        self.0.shrink_to_fit();
+    }
+
+    fn contains(&self, key: u128) -> bool {
+        self.0.binary_search(&key).is_ok()
+    }
+}
+
+/// What one layer does to the merged view, read from the layer alone so that layers can be read
+/// in parallel; [`LayerMerger::apply`] applies it on top of the lower layers, in order. Within a
+/// layer the order of entries does not matter for the lower layers (whiteouts, opaque markers and
+/// replacements only ever touch them), so a summary is exact.
+pub struct LayerChanges {
+    /// This layer's entries of interest and the implied parent directories of interest.
+    upper: BTreeMap<String, EntryKind>,
+    /// Whiteout targets: removed from the lower layers with everything below them.
+    whiteouts: PathSet,
+    /// Directories with an opaque marker (`""` for the root): the lower layers' contents below
+    /// them are hidden.
+    opaque: PathSet,
+    /// Paths of non-directory entries: each replaces whatever the lower layers had below it.
+    replaced: PathSet,
     entries_seen: u64,
 }
 
-impl LayerMerger {
-    pub fn new(interest: Interest) -> LayerMerger {
-        LayerMerger { interest, lower: BTreeMap::new(), layers: 0, entries_seen: 0 }
+impl LayerChanges {
+    /// Whether a lower entry at `path` does not survive this layer.
+    fn removes(&self, hasher: &PathHasher, path: &str) -> bool {
+        if self.whiteouts.contains(hasher.key(path)) || self.opaque.contains(hasher.key("")) {
+            return true;
+        }
+        let mut end = 0;
+        while let Some(slash) = path[end..].find('/') {
+            let key = hasher.key(&path[..end + slash]);
+            if self.whiteouts.contains(key) || self.opaque.contains(key) || self.replaced.contains(key) {
+                return true;
+            }
+            end += slash + 1;
+        }
+        false
     }
+}
 
-    /// Applies one compressed layer read from `reader`, which is read to its end.
-    pub fn apply_layer<R: Read>(&mut self, compression: Compression, mut reader: R) -> Result<(), String> {
-        match compression {
-            Compression::None => self.apply_tar(&mut reader)?,
-            Compression::Gzip => self.apply_tar(flate2::read::MultiGzDecoder::new(BufReader::new(&mut reader)))?,
+/// Reads layers into [`LayerChanges`] (pure, synchronous; cheap to clone, one per layer in flight).
+#[derive(Clone)]
+pub struct LayerReader {
+    interest: Interest,
+    hasher: PathHasher,
+}
+
+impl LayerReader {
+    /// Reads one compressed layer from `reader`, which is read to its end.
+    pub fn read_layer<R: Read>(&self, compression: Compression, mut reader: R) -> Result<LayerChanges, String> {
+        let changes = match compression {
+            Compression::None => self.read_tar(&mut reader)?,
+            Compression::Gzip => self.read_tar(flate2::read::MultiGzDecoder::new(BufReader::new(&mut reader)))?,
             Compression::Zstd => {
                 let mut decoder = zstd::stream::read::Decoder::new(&mut reader).map_err(|e| format!("zstd: {e}"))?;
                 decoder.window_log_max(ZSTD_WINDOW_LOG_MAX).map_err(|e| format!("zstd: {e}"))?;
-                self.apply_tar(decoder)?;
+                self.read_tar(decoder)?
             }
-        }
+        };
         // Read whatever the decompressor did not need, so the blob is consumed (and its digest
         // checked) to the end.
         io::copy(&mut reader, &mut io::sink()).map_err(|e| e.to_string())?;
-        Ok(())
+        Ok(changes)
     }
 
-    /// Applies one uncompressed tar layer read from `reader`, which is read to its end.
-    pub fn apply_tar<R: Read>(&mut self, reader: R) -> Result<(), String> {
+    /// Reads one uncompressed tar layer from `reader`, which is read to its end.
+    pub fn read_tar<R: Read>(&self, reader: R) -> Result<LayerChanges, String> {
+        let key = |path: &str| self.hasher.key(path);
         let mut counting = Counting { inner: reader, count: 0 };
-        // Entries of this layer: kept apart so this layer's whiteouts only touch lower layers.
-        let mut upper: BTreeMap<String, EntryKind> = BTreeMap::new();
+        let mut changes = LayerChanges {
+            upper: BTreeMap::new(),
+            whiteouts: PathSet::default(),
+            opaque: PathSet::default(),
+            replaced: PathSet::default(),
+            entries_seen: 0,
+        };
         let mut end_of_entries = 0u64;
         {
             let mut archive = tar::Archive::new(&mut counting);
             for entry in archive.entries().map_err(|e| e.to_string())? {
                 let entry = entry.map_err(|e| e.to_string())?;
                 end_of_entries = entry.raw_file_position() + entry.size().div_ceil(512) * 512;
-                self.entries_seen += 1;
+                changes.entries_seen += 1;
                 let Some(path) = normalize(&String::from_utf8_lossy(&entry.path_bytes()))? else { continue };
                 if let Some(reserved_dir) = inside_reserved_dir(&path) {
                     // Below an AUFS metadata directory (`.wh..wh.plnk/...`): not part of the image.
-                    self.imply_parents(&mut upper, reserved_dir);
+                    self.imply_parents(&mut changes.upper, reserved_dir);
                     continue;
                 }
                 let (parent, name) = path.rsplit_once('/').unwrap_or(("", path.as_str()));
                 if name == ".wh..wh..opq" {
-                    remove_below(&mut self.lower, parent);
+                    changes.opaque.0.push(key(parent));
                 } else if name.starts_with(".wh..wh.") {
                     // Reserved AUFS metadata (e.g. `.wh..wh.plnk`): neither payload nor whiteout.
                 } else if let Some(hidden) = name.strip_prefix(".wh.") {
                     let target = if parent.is_empty() { hidden.to_string() } else { format!("{parent}/{hidden}") };
-                    self.lower.remove(&target);
-                    remove_below(&mut self.lower, &target);
+                    changes.whiteouts.0.push(key(&target));
                 } else {
                     let kind = kind_of(&entry)?;
                     if kind != EntryKind::Directory {
                         // A file, link or device replaces a lower directory with all it held.
-                        remove_below(&mut self.lower, &path);
+                        changes.replaced.0.push(key(&path));
                     }
                     if (self.interest)(&path) {
-                        upper.insert(path.clone(), kind);
+                        changes.upper.insert(path.clone(), kind);
                     }
                 }
-                self.imply_parents(&mut upper, &path);
+                self.imply_parents(&mut changes.upper, &path);
             }
         }
         // The tar crate also ends at a plain EOF between entries; a layer must end with the
@@ -235,9 +315,10 @@ impl LayerMerger {
             return Err("the tar stream ends before its end-of-archive marker (truncated layer)".into());
         }
         io::copy(&mut counting, &mut io::sink()).map_err(|e| e.to_string())?;
-        self.lower.extend(upper);
-        self.layers += 1;
-        Ok(())
+        for set in [&mut changes.whiteouts, &mut changes.opaque, &mut changes.replaced] {
+            set.seal();
+        }
+        Ok(changes)
     }
 
     fn imply_parents(&self, upper: &mut BTreeMap<String, EntryKind>, path: &str) {
@@ -249,6 +330,55 @@ impl LayerMerger {
             }
             end += slash + 1;
         }
+    }
+}
+
+/// The merge state, fed one layer at a time in order (pure, synchronous; the async driver is
+/// [`scan_layers`]).
+pub struct LayerMerger {
+    reader: LayerReader,
+    lower: BTreeMap<String, EntryKind>,
+    layers: usize,
+    entries_seen: u64,
+}
+
+impl LayerMerger {
+    pub fn new(interest: Interest) -> LayerMerger {
+        LayerMerger {
+            reader: LayerReader { interest, hasher: PathHasher::new() },
+            lower: BTreeMap::new(),
+            layers: 0,
+            entries_seen: 0,
+        }
+    }
+
+    /// A reader whose [`LayerChanges`] this merger can apply (layers may be read in parallel).
+    pub fn reader(&self) -> LayerReader {
+        self.reader.clone()
+    }
+
+    /// Applies the next layer's changes: its whiteouts, opaque markers and replacements remove
+    /// lower entries, then its own entries are laid on top.
+    pub fn apply(&mut self, changes: LayerChanges) {
+        let hasher = &self.reader.hasher;
+        self.lower.retain(|path, _| !changes.removes(hasher, path));
+        self.lower.extend(changes.upper);
+        self.entries_seen += changes.entries_seen;
+        self.layers += 1;
+    }
+
+    /// Reads and applies one compressed layer read from `reader`, which is read to its end.
+    pub fn apply_layer<R: Read>(&mut self, compression: Compression, reader: R) -> Result<(), String> {
+        let changes = self.reader.read_layer(compression, reader)?;
+        self.apply(changes);
+        Ok(())
+    }
+
+    /// Reads and applies one uncompressed tar layer read from `reader`, which is read to its end.
+    pub fn apply_tar<R: Read>(&mut self, reader: R) -> Result<(), String> {
+        let changes = self.reader.read_tar(reader)?;
+        self.apply(changes);
+        Ok(())
     }
 
     /// The view after all layers applied so far.
@@ -268,19 +398,6 @@ fn inside_reserved_dir(path: &str) -> Option<&str> {
         start = end + 1;
     }
     None
-}
-
-/// Removes every entry strictly below `dir` (everything when `dir` is the root `""`).
-fn remove_below(map: &mut BTreeMap<String, EntryKind>, dir: &str) {
-    if dir.is_empty() {
-        map.clear();
-        return;
-    }
-    // Keys below `dir` are exactly those in [`dir/`, `dir0`): '0' is the character after '/'.
-    let below: Vec<String> = map.range(format!("{dir}/")..format!("{dir}0")).map(|(k, _)| k.clone()).collect();
-    for key in below {
-        map.remove(&key);
-    }
 }
 
 fn kind_of<R: Read>(entry: &tar::Entry<'_, R>) -> Result<EntryKind, String> {
@@ -356,41 +473,83 @@ where
         })
         .collect::<Result<Vec<_>, _>>()?;
     let mut merger = LayerMerger::new(Arc::new(interest));
+    let reader = merger.reader();
+    let parallel = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, MAX_PARALLEL_LAYERS);
+    // Layers are read (downloaded, verified, decompressed, parsed) `parallel` at a time and
+    // applied strictly in manifest order; the first failing layer in that order is the error.
+    let mut reads = futures::stream::iter(plan)
+        .map(|(compression, layer)| read_layer(registry, repository, layer, compression, reader.clone()))
+        .buffered(parallel);
     let mut bytes_read = 0;
-    for (compression, layer) in plan {
-        let stream = registry.blob_stream(repository, &layer.digest).await?;
-        let counted = Arc::new(AtomicU64::new(0));
-        // The registry's own error (classified) is kept here; the sync reader only sees io errors.
-        let failure: Arc<Mutex<Option<registry::Error>>> = Arc::default();
-        let (count, fail) = (counted.clone(), failure.clone());
-        let stream = stream.map(move |chunk| match chunk {
-            Ok(bytes) => {
-                count.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                Ok(bytes)
-            }
-            Err(err) => {
-                let message = err.to_string();
-                *fail.lock().unwrap_or_else(|e| e.into_inner()) = Some(err);
-                Err(io::Error::other(message))
-            }
-        });
-        let reader = SyncIoBridge::new(StreamReader::new(stream));
-        let digest = layer.digest.clone();
-        let task = tokio::task::spawn_blocking(move || {
-            let result = merger.apply_layer(compression, reader);
-            (merger, result)
-        });
-        let (returned, result) =
-            task.await.map_err(|e| Error::Task { digest: digest.clone(), detail: e.to_string() })?;
-        merger = returned;
-        bytes_read += counted.load(Ordering::Relaxed);
-        if let Some(err) = failure.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            return Err(Error::Registry(err));
-        }
-        result.map_err(|detail| Error::Malformed { digest, detail })?;
-        tracing::debug!(layer = %layer.digest, bytes = bytes_read, "layer scanned");
+    while let Some(read) = reads.next().await {
+        let (changes, bytes) = read?;
+        merger.apply(changes);
+        bytes_read += bytes;
     }
     Ok(merger.finish(bytes_read))
+}
+
+/// Aborts a spawned task when dropped: a layer read that is given up (an earlier layer failed)
+/// stops downloading.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Downloads one layer and reads its changes; returns them with the compressed bytes received.
+async fn read_layer<R: RegistryClient + ?Sized>(
+    registry: &R,
+    repository: &ImageRef,
+    layer: &OciDescriptor,
+    compression: Compression,
+    reader: LayerReader,
+) -> Result<(LayerChanges, u64), Error> {
+    let mut stream = registry.blob_stream(repository, &layer.digest).await?;
+    let counted = Arc::new(AtomicU64::new(0));
+    // The registry's own error (classified) is kept here; the sync reader only sees io errors.
+    let failure: Arc<Mutex<Option<registry::Error>>> = Arc::default();
+    let (count, fail) = (counted.clone(), failure.clone());
+    // Receiving and digest verification run in this task, decompression and tar parsing on the
+    // blocking thread: the two proceed in parallel, with at most PIPELINE_CHUNKS chunks between.
+    let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(PIPELINE_CHUNKS);
+    let mut pump = AbortOnDrop(tokio::spawn(async move {
+        while let Some(chunk) = stream.next().await {
+            let item = match chunk {
+                Ok(bytes) => {
+                    count.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                    Ok(bytes)
+                }
+                Err(err) => {
+                    let message = err.to_string();
+                    *fail.lock().unwrap_or_else(|e| e.into_inner()) = Some(err);
+                    Err(io::Error::other(message))
+                }
+            };
+            let stop = item.is_err();
+            // A closed receiver means the reader stopped (a malformed layer): done.
+            if tx.send(item).await.is_err() || stop {
+                break;
+            }
+        }
+    }));
+    let chunks = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    let bridge = SyncIoBridge::new(StreamReader::new(Box::pin(chunks)));
+    let task = tokio::task::spawn_blocking(move || reader.read_layer(compression, bridge));
+    let task_error = |e: tokio::task::JoinError| Error::Task { digest: layer.digest.clone(), detail: e.to_string() };
+    let result = task.await.map_err(task_error)?;
+    // The blocking reader is done and its receiver dropped, so the pump has finished or stops at
+    // its next send; waiting for it makes `counted` and `failure` final.
+    (&mut pump.0).await.map_err(task_error)?;
+    if let Some(err) = failure.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        return Err(Error::Registry(err));
+    }
+    let changes = result.map_err(|detail| Error::Malformed { digest: layer.digest.clone(), detail })?;
+    let bytes = counted.load(Ordering::Relaxed);
+    tracing::debug!(layer = %layer.digest, bytes, "layer scanned");
+    Ok((changes, bytes))
 }
 
 #[cfg(test)]
@@ -547,6 +706,20 @@ mod tests {
             merge(&[tar_of(&[("lib/modules/6.1/x", "f")]), tar_of(&[("lib/modules", "s:/x")])], |p| p.ends_with("/x"))
                 .unwrap();
         assert!(view.is_empty());
+    }
+
+    #[test]
+    fn layers_read_in_any_order_are_applied_in_order() {
+        // What the parallel driver does: each layer is read on its own, the changes applied in order.
+        let mut merger = LayerMerger::new(Arc::new(all));
+        let reader = merger.reader();
+        let upper = reader.read_tar(&tar_of(&[("a", "s:/z"), (".wh.b", "f"), ("c/.wh..wh..opq", "f")])[..]).unwrap();
+        let lower = reader.read_tar(&tar_of(&[("a/x", "f"), ("b/y", "f"), ("c/d/e", "f"), ("k", "d")])[..]).unwrap();
+        merger.apply(lower);
+        merger.apply(upper);
+        let view = merger.finish(0);
+        assert_eq!(paths(&view), ["a", "c", "k"]);
+        assert!(view.has_payload("a"), "the symlink replaced the directory");
     }
 
     #[test]

@@ -183,15 +183,9 @@ fn pretty<T: Serialize>(doc: &T) -> String {
     text
 }
 
-/// `build-inputs.json` of a run, written when its inputs are resolved.
-pub fn build_inputs_json(id: &RunIdentity, inputs: &ResolvedInputs, generated_at: Timestamp) -> String {
-    pretty(&BuildInputsDocument {
-        schema_version: 1,
-        generated_at: reference_time(generated_at),
-        repository: id.source_url,
-        workflow: workflow(id.mode),
-        run: run_fields(id),
-        inputs: BuildInputsFields {
+impl<'a> BuildInputsFields<'a> {
+    fn of(inputs: &'a ResolvedInputs) -> Self {
+        BuildInputsFields {
             use_input_lock: inputs.use_input_lock,
             lock_file_path: &inputs.lock_file_path,
             fedora_version: &inputs.fedora_version,
@@ -207,8 +201,46 @@ pub fn build_inputs_json(id: &RunIdentity, inputs: &ResolvedInputs, generated_at
             build_container_digest: &inputs.build_container_digest,
             zfs_minor_version: &inputs.zfs_minor_version,
             akmods_upstream_ref: &inputs.akmods_upstream_ref,
-        },
+        }
+    }
+}
+
+/// `build-inputs.json` of a run, written when its inputs are resolved.
+pub fn build_inputs_json(id: &RunIdentity, inputs: &ResolvedInputs, generated_at: Timestamp) -> String {
+    pretty(&BuildInputsDocument {
+        schema_version: 1,
+        generated_at: reference_time(generated_at),
+        repository: id.source_url,
+        workflow: workflow(id.mode),
+        run: run_fields(id),
+        inputs: BuildInputsFields::of(inputs),
     })
+}
+
+/// What `kinoite-zfs-operator resolve` prints: the build-inputs manifest without the fields that
+/// describe a run (`repository`, `workflow`, `run`), since resolving outside a build has none.
+/// `inputs` is rendered by the same code as the run records', so it can be fed to `plan
+/// --inputs` and compared with a run's `build-inputs.json` field by field.
+#[derive(Serialize)]
+pub struct ResolvedDocument<'a> {
+    schema_version: u32,
+    generated_at: String,
+    inputs: BuildInputsFields<'a>,
+}
+
+impl<'a> ResolvedDocument<'a> {
+    pub fn new(inputs: &'a ResolvedInputs, generated_at: Timestamp) -> Self {
+        ResolvedDocument {
+            schema_version: 1,
+            generated_at: reference_time(generated_at),
+            inputs: BuildInputsFields::of(inputs),
+        }
+    }
+}
+
+/// [`ResolvedDocument`] as JSON in the records' layout (2-space indent, trailing newline).
+pub fn resolved_inputs_json(inputs: &ResolvedInputs, generated_at: Timestamp) -> String {
+    pretty(&ResolvedDocument::new(inputs, generated_at))
 }
 
 /// `build-provenance.json` of a run that pushed and verified its candidate. Digests are the
@@ -403,6 +435,20 @@ mod tests {
             b = digest('b')
         );
         assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn resolve_output_shares_the_inputs_rendering() {
+        let text = resolved_inputs_json(&resolved_inputs(), at());
+        assert!(text.starts_with(
+            "{\n  \"schema_version\": 1,\n  \"generated_at\": \"2026-04-20T06:00:07Z\",\n  \"inputs\": {\n"
+        ));
+        assert!(text.ends_with("}\n"));
+        let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let record: serde_json::Value =
+            serde_json::from_str(&build_inputs_json(&identity(), &resolved_inputs(), at())).unwrap();
+        assert_eq!(doc["inputs"], record["inputs"]);
+        assert_eq!(doc.as_object().unwrap().len(), 3);
     }
 
     #[test]

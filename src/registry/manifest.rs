@@ -173,6 +173,16 @@ pub async fn resolve_image<R: RegistryClient + ?Sized>(
     reference: &ImageRef,
 ) -> Result<ResolvedImage, Error> {
     let top = registry.manifest(reference).await?;
+    resolve_fetched(registry, reference, top).await
+}
+
+/// [`resolve_image`] for a top-level manifest the caller already fetched (e.g. to tell "absent"
+/// of the reference itself apart from a broken index whose platform image is missing).
+pub async fn resolve_fetched<R: RegistryClient + ?Sized>(
+    registry: &R,
+    reference: &ImageRef,
+    top: RawManifest,
+) -> Result<ResolvedImage, Error> {
     match top.kind()? {
         ManifestKind::Image => Ok(ResolvedImage {
             reference: reference.clone(),

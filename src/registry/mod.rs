@@ -13,6 +13,8 @@ mod auth;
 mod classify;
 mod client;
 pub mod credentials;
+#[cfg(test)]
+pub(crate) mod fake;
 mod manifest;
 mod metrics;
 mod pool;
@@ -30,7 +32,7 @@ pub use client::{ClientSettings, OciRegistry};
 pub use credentials::{Credential, CredentialSet};
 pub use manifest::{
     ImageConfig, MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, ManifestKind, RawManifest, ResolvedImage, image_config,
-    infer_media_type, media_types, resolve_image, select_linux_amd64,
+    infer_media_type, media_types, resolve_fetched, resolve_image, select_linux_amd64,
 };
 pub use metrics::RequestCounters;
 pub use oci_client::manifest::{OciDescriptor, OciImageIndex, OciImageManifest};

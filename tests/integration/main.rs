@@ -6,9 +6,13 @@
 mod support;
 
 mod apisim;
+mod cache_check;
 mod crds;
 mod examples;
 mod layer_walker;
 mod plan_cli;
+mod promote;
 mod registry_fixture;
 mod registry_layer;
+mod resolve;
+mod verify;

@@ -12,6 +12,7 @@
 //! out of the tests.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -53,6 +54,11 @@ struct State {
     /// Issued token -> granted scopes.
     tokens: Mutex<HashMap<String, Vec<String>>>,
     faults: Mutex<VecDeque<Fault>>,
+    /// Faults for requests whose path contains a text: (text, fault, times left).
+    targeted: Mutex<Vec<(String, Fault, usize)>>,
+    /// Forward cross-repository mount requests as plain upload starts (the registry then answers
+    /// 202 with an upload session, as registries that do not mount do).
+    refuse_mounts: AtomicBool,
     seen: Mutex<Vec<Seen>>,
     client: reqwest::Client,
 }
@@ -85,6 +91,8 @@ impl FaultProxy {
             token_auth,
             tokens: Mutex::default(),
             faults: Mutex::default(),
+            targeted: Mutex::default(),
+            refuse_mounts: AtomicBool::new(false),
             seen: Mutex::default(),
             client: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap(),
         });
@@ -116,9 +124,22 @@ impl FaultProxy {
         faults.extend(std::iter::repeat_n(fault, times));
     }
 
+    /// Applies `fault` to the next `times` requests whose path contains `path_part` (e.g. one
+    /// tag's `/manifests/TAG`); other requests pass. Checked before the queue of [`inject`].
+    pub fn inject_on(&self, path_part: &str, fault: Fault, times: usize) {
+        self.state.targeted.lock().unwrap().push((path_part.to_string(), fault, times));
+    }
+
+    /// Makes the registry refuse (or accept again) cross-repository blob mounts: a mount request
+    /// is forwarded without its `mount`/`from` parameters, so the registry starts an upload.
+    pub fn refuse_mounts(&self, refuse: bool) {
+        self.state.refuse_mounts.store(refuse, Ordering::SeqCst);
+    }
+
     /// Drops faults that were queued but not used.
     pub fn clear(&self) {
         self.state.faults.lock().unwrap().clear();
+        self.state.targeted.lock().unwrap().clear();
     }
 
     /// Every request seen so far.
@@ -140,8 +161,15 @@ impl Drop for FaultProxy {
 
 type Answer = Result<Response<Full<Bytes>>, std::io::Error>;
 
+fn targeted_fault(state: &State, path: &str) -> Option<Fault> {
+    let mut targeted = state.targeted.lock().unwrap();
+    let (_, fault, left) = targeted.iter_mut().find(|(part, _, left)| *left > 0 && path.contains(part.as_str()))?;
+    *left -= 1;
+    Some(fault.clone())
+}
+
 async fn handle(state: Arc<State>, req: Request<Incoming>) -> Answer {
-    let fault = state.faults.lock().unwrap().pop_front();
+    let fault = targeted_fault(&state, req.uri().path()).or_else(|| state.faults.lock().unwrap().pop_front());
     state.seen.lock().unwrap().push(Seen {
         method: req.method().to_string(),
         path: req.uri().path().to_string(),
@@ -172,6 +200,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Answer {
                 },
                 None => req,
             };
+            let req = if state.refuse_mounts.load(Ordering::SeqCst) { without_mount(req) } else { req };
             Ok(forward(&state, req).await.unwrap_or_else(|e| {
                 Response::builder().status(StatusCode::BAD_GATEWAY).body(Full::new(Bytes::from(e))).unwrap()
             }))
@@ -260,6 +289,15 @@ fn authorize(
     }
     req.headers_mut().remove("authorization");
     Ok(req)
+}
+
+/// A mount request (`POST .../blobs/uploads/?mount=...&from=...`) as a plain upload start.
+fn without_mount(mut req: Request<Incoming>) -> Request<Incoming> {
+    let query = req.uri().query().unwrap_or_default();
+    if req.method() == hyper::Method::POST && query_pairs(query).iter().any(|(k, _)| k == "mount") {
+        *req.uri_mut() = req.uri().path().parse().unwrap();
+    }
+    req
 }
 
 async fn forward(state: &State, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, String> {

@@ -2,8 +2,8 @@
 
 #![allow(dead_code)]
 
-pub mod faults;
 pub mod apisim;
+pub mod faults;
 pub mod image;
 pub mod registry;
 pub mod schema;

@@ -2,8 +2,9 @@
 //!
 //! The pure core: the run planner ([`plan`]), its inputs ([`observed`], [`work`]), spec checks
 //! ([`spec`]) and condition reasons ([`reasons`]). Around it, with I/O: the kube-runtime wiring
-//! ([`controller`]: watches, caches, context, error policy), the reconcile (`reconcile`) and the
-//! registry-work executor ([`executor`]).
+//! ([`controller`]: watches, caches, context, error policy), the reconcile (`reconcile`), the
+//! registry-work executor ([`executor`]) and the pipeline adapters it calls ([`execute`]:
+//! resolution, cache decision, verification as classified work outcomes).
 //!
 //! A reconcile:
 //!
@@ -16,6 +17,7 @@
 //! 4. requeue after `requeue_after`.
 
 pub mod controller;
+pub mod execute;
 pub mod executor;
 pub mod observed;
 pub mod plan;

@@ -24,7 +24,7 @@ use super::work::{
 };
 use crate::api::ZfsImageBuild;
 use crate::api::build::{
-    AkmodsDecision, BuildMode, CacheStatus, CandidateImage, JobRef, KernelPolicy, REBUILD_REQUESTED_ANNOTATION,
+    AkmodsDecision, BuildMode, CacheStatus, CandidateImage, JobRef, REBUILD_REQUESTED_ANNOTATION,
     REFRESH_REQUESTED_ANNOTATION, ResolvedInputs, RunJobs, RunPhase, RunStatus, RunTrigger, ZfsImageBuildStatus,
     build_condition_types as step_types,
 };
@@ -36,6 +36,7 @@ use crate::jobs::result::BuilderResult;
 use crate::jobs::{self, JobKind};
 use crate::pipeline::hashing::inputs_hash;
 use crate::pipeline::records::{self, RefBundle, RunIdentity};
+use crate::pipeline::resolve::apply_kernel_policy;
 use crate::pipeline::schedule::Schedule;
 use crate::pipeline::targets::{CACHE_TAG_PREFIX, RunTargets, run_targets};
 
@@ -1270,14 +1271,6 @@ fn cache_request(image: &str, inputs: &ResolvedInputs) -> CacheRequest {
         akmods_ref: inputs.akmods_upstream_ref.clone(),
         builder_digest: inputs.build_container_digest.clone(),
     }
-}
-
-/// `Newest` keeps only the primary kernel (the newer reference repo's policy, N4).
-fn apply_kernel_policy(mut inputs: ResolvedInputs, policy: KernelPolicy) -> ResolvedInputs {
-    if policy == KernelPolicy::Newest && !inputs.kernel_release.is_empty() {
-        inputs.kernel_releases = vec![inputs.kernel_release.clone()];
-    }
-    inputs
 }
 
 /// R4.7 for the operator: name the cache, the missing kernels, and exactly what to run.

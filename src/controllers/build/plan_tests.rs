@@ -109,6 +109,7 @@ impl FakeRegistry {
                 message: (!self.verified).then(|| {
                     format!("Candidate image is missing a ZFS module payload for kernels {}: {}", K2, req.image)
                 }),
+                platform_digest: None,
             }),
         }
     }

@@ -11,7 +11,12 @@ use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
 
-use crate::api::build::{CacheCheckMethod, CacheStatus, ResolvedInputs, VerificationResult};
+use crate::api::build::{ResolvedInputs, VerificationResult};
+pub use crate::pipeline::cache::CacheVerdict;
+use crate::pipeline::cache::{CacheInputs, CacheQuery};
+use crate::pipeline::verify::VerifyQuery;
+use crate::pipeline::{lock, resolve};
+use crate::registry::{AnswerClass, ImageRef};
 
 /// One piece of registry work.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -96,18 +101,6 @@ pub struct VerifyRequest {
     pub base_image: Option<String>,
 }
 
-/// A cache verdict (`cache-check`'s answer).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CacheVerdict {
-    pub status: CacheStatus,
-    pub missing_kernels: Vec<String>,
-    pub method: Option<CacheCheckMethod>,
-    /// The checked image by digest (`NAME@sha256:...`) when it exists, else as requested.
-    pub source_image: String,
-    /// Why it is not reusable (e.g. built from another ZFS line).
-    pub reason: Option<String>,
-}
-
 /// How a registry operation failed. Only "absent" is ever an answer; it is never a failure
 /// (design §3 invariant 4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,11 +113,66 @@ pub enum FailureClass {
     Permanent,
 }
 
+impl FailureClass {
+    /// The class of a failure whose registry answer had `class` (`None`: not a registry answer,
+    /// e.g. bad input or unusable content, which no retry fixes).
+    pub fn of(class: Option<AnswerClass>) -> FailureClass {
+        match class {
+            Some(AnswerClass::RateLimited | AnswerClass::Unreachable) => FailureClass::Transient,
+            Some(AnswerClass::Unauthorized) => FailureClass::Unauthorized,
+            _ => FailureClass::Permanent,
+        }
+    }
+}
+
 /// A failed registry operation. `message` must not contain credentials.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegistryFailure {
     pub class: FailureClass,
     pub message: String,
+}
+
+impl ResolveRequest {
+    /// The resolver's request. The lock is parsed and validated here with the same code as
+    /// `resolve --lock FILE` (R14), so a bad lock is a permanent failure with the reference's
+    /// message.
+    pub fn query(&self) -> Result<resolve::Request, lock::Error> {
+        let lock = self.lock.as_ref().map(|l| lock::parse(&l.json, &l.path)).transpose()?;
+        Ok(resolve::Request {
+            base_image: self.base_image.clone(),
+            builder_image: self.builder_image.clone(),
+            zfs_minor_version: self.zfs_minor_version.clone(),
+            akmods_ref: self.akmods_ref.clone(),
+            lock,
+        })
+    }
+}
+
+impl CacheRequest {
+    /// The pipeline's query for this request (empty inputs are not compared).
+    pub fn query(&self) -> Result<CacheQuery, crate::registry::reference::Error> {
+        let given = |v: &str| (!v.is_empty()).then(|| v.to_string());
+        Ok(CacheQuery {
+            image: ImageRef::parse(&self.image)?,
+            kernel_releases: self.kernel_releases.clone(),
+            inputs: CacheInputs {
+                zfs_minor_version: given(&self.zfs_minor_version),
+                akmods_ref: given(&self.akmods_ref),
+                builder_digest: given(&self.builder_digest),
+            },
+        })
+    }
+}
+
+impl VerifyRequest {
+    /// The pipeline's query for this request.
+    pub fn query(&self) -> Result<VerifyQuery, crate::registry::reference::Error> {
+        Ok(VerifyQuery {
+            image: ImageRef::parse(&self.image)?,
+            kernel_releases: self.kernel_releases.clone(),
+            base_image: self.base_image.as_deref().map(ImageRef::parse).transpose()?,
+        })
+    }
 }
 
 /// The answer to one piece of work.
@@ -245,6 +293,22 @@ mod tests {
         assert_eq!(r.get(&work()).unwrap().attempts, 1);
         r.retain(&BTreeSet::new());
         assert!(r.is_empty());
+    }
+
+    #[test]
+    fn lock_requests_are_validated_like_lock_files() {
+        let request = |json: &str| ResolveRequest {
+            purpose: ResolvePurpose::Run(1),
+            base_image: "ghcr.io/a/b:latest".into(),
+            builder_image: "ghcr.io/a/builder:latest".into(),
+            zfs_minor_version: "2.4".into(),
+            akmods_ref: "9d13b6950811cdaae2e8ab748c85c5da35810ae3".into(),
+            lock: Some(LockRequest { path: "configmap/locks/inputs.lock.json".into(), json: json.into() }),
+        };
+        let err = request(r#"{"version": 1}"#).query().unwrap_err();
+        assert_eq!(err.to_string(), "Lock file missing required field: base_image");
+        let ok = request(r#"{"base_image": "ghcr.io/a/b:43-20260227"}"#).query().unwrap();
+        assert_eq!(ok.lock.unwrap().source, "configmap/locks/inputs.lock.json");
     }
 
     #[test]

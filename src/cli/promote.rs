@@ -1,0 +1,106 @@
+//! `kinoite-zfs-operator promote`: the promotion steps outside the cluster, the same code the
+//! Promotion controller drives. Prints the JSON (or YAML) report on stdout in every case that
+//! reached the registry; exits 0 when promoted (or already promoted), 3 when refused (nothing
+//! was written), 1 when a registry error stopped it (run the same command again to resume).
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Args;
+
+use super::common::{OutputFormat, RegistryArgs};
+use crate::pipeline::promote::{self, PromotionReport, PromotionRequest};
+use crate::registry::{self, OciRegistry};
+
+/// Exit code of a refused promotion.
+pub const EXIT_REFUSED: u8 = 3;
+
+/// Errors of `promote` that happen before the registry is asked anything.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Request(#[from] promote::Error),
+    #[error(transparent)]
+    Registry(#[from] registry::Error),
+    #[error("cannot render the result: {0}")]
+    Render(String),
+    #[error("cannot write to stdout: {0}")]
+    Stdout(#[source] std::io::Error),
+}
+
+#[derive(Debug, Args)]
+pub struct PromoteArgs {
+    /// The verified candidate, by digest: REPO@sha256:... (an image or an index).
+    #[arg(long, value_name = "REPO@DIGEST")]
+    pub candidate: String,
+
+    /// The stable image repository (HOST/PATH, no tag).
+    #[arg(long, value_name = "REPO")]
+    pub to: String,
+
+    /// A stable tag to move to the candidate. Repeatable; the first one is guarded by
+    /// --expect-stable-digest.
+    #[arg(long = "tag", value_name = "TAG", required = true)]
+    pub tags: Vec<String>,
+
+    /// Immutable audit tag to write (e.g. stable-<run>-<rev7>); refused if it exists at another
+    /// digest.
+    #[arg(long, value_name = "TAG")]
+    pub audit_tag: Option<String>,
+
+    /// The candidate akmods image (REPO@DIGEST preferred, or REPO:TAG resolved once). Nothing
+    /// is promoted if it does not exist.
+    #[arg(long, value_name = "REF", requires = "stable_akmods")]
+    pub candidate_akmods: Option<String>,
+
+    /// The stable akmods tag to align with the candidate akmods, REPO:TAG.
+    #[arg(long, value_name = "REPO:TAG", requires = "candidate_akmods")]
+    pub stable_akmods: Option<String>,
+
+    /// Compare-and-swap: the first stable tag must point at this digest (or not exist:
+    /// `absent`), else nothing is written. Without it, the digest it holds when the promotion
+    /// starts is the expectation.
+    #[arg(long, value_name = "DIGEST|absent")]
+    pub expect_stable_digest: Option<String>,
+
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Json)]
+    pub output: OutputFormat,
+}
+
+pub async fn run(args: &PromoteArgs) -> Result<ExitCode, Error> {
+    let request = PromotionRequest::parse(
+        &args.candidate,
+        &args.to,
+        &args.tags,
+        args.audit_tag.as_deref(),
+        args.candidate_akmods.as_deref().zip(args.stable_akmods.as_deref()),
+        args.expect_stable_digest.as_deref(),
+    )?;
+    let registry = OciRegistry::from_args(&args.registry)?;
+    let run = promote::promote(&registry, &request).await;
+    print(&run.report, args.output)?;
+    match run.error {
+        None => Ok(ExitCode::SUCCESS),
+        Some(error) => {
+            // The reason on stderr as well, for people reading a terminal or CI log.
+            eprintln!("error: {}", super::one_line(&error));
+            Ok(if error.refusal().is_some() { ExitCode::from(EXIT_REFUSED) } else { ExitCode::FAILURE })
+        }
+    }
+}
+
+fn print(report: &PromotionReport, format: OutputFormat) -> Result<(), Error> {
+    let text = match format {
+        OutputFormat::Json => {
+            let mut s = serde_json::to_string_pretty(report).map_err(|e| Error::Render(e.to_string()))?;
+            s.push('\n');
+            s
+        }
+        OutputFormat::Yaml => serde_saphyr::to_string(report).map_err(|e| Error::Render(e.to_string()))?,
+    };
+    std::io::stdout().write_all(text.as_bytes()).map_err(Error::Stdout)
+}
