@@ -107,12 +107,23 @@ pub struct Caches {
 impl Caches {
     /// Resolves once every cache holds a complete first list (`/readyz`).
     pub async fn synced(&self) {
-        let _ = self.builds.wait_until_ready().await;
-        let _ = self.jobs.wait_until_ready().await;
-        let _ = self.pods.wait_until_ready().await;
-        let _ = self.config_maps.wait_until_ready().await;
-        let _ = self.promotions.wait_until_ready().await;
+        ready(&self.builds).await;
+        ready(&self.jobs).await;
+        ready(&self.pods).await;
+        ready(&self.config_maps).await;
+        ready(&self.promotions).await;
     }
+}
+
+/// Waits until `store` has its first complete list. kube's readiness signal keeps the waker of
+/// only its latest waiter (the controller waits on the builds store too), so a waiter that was
+/// not woken asks again every 100 ms.
+async fn ready<K>(store: &Store<K>)
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    while tokio::time::timeout(Duration::from_millis(100), store.wait_until_ready()).await.is_err() {}
 }
 
 /// What the controller keeps per build between reconciles (in memory only: after a restart the

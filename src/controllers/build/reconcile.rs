@@ -65,6 +65,9 @@ pub(super) async fn reconcile(cached: Arc<ZfsImageBuild>, ctx: Arc<Context>) -> 
 }
 
 async fn reconcile_build(namespace: &str, name: &str, ctx: &Context) -> Result<Action, Error> {
+    // kube-runtime starts reconciling once the builds are listed; the Jobs, Pods and ConfigMaps
+    // may still be loading. Observing a half-loaded cache would report a recorded Job as lost.
+    ctx.caches.synced().await;
     let builds = Api::<ZfsImageBuild>::namespaced(ctx.client.clone(), namespace);
     // The cache can lag behind this controller's own last status write; planning from a stale
     // status could start a run twice. A read from the API server is always current.
@@ -306,7 +309,12 @@ async fn apply_children(namespace: &str, planned: &Plan, ctx: &Context) -> Resul
 /// audit: a failed publish is logged, never retried by failing the reconcile (the transition is
 /// already recorded in the status, so a retry would not emit it again anyway).
 async fn publish_events(build: &ZfsImageBuild, planned: &Plan, ctx: &Context) {
-    let reference = build.object_ref(&());
+    // The build at the version whose transition the events report. kube's Recorder folds events
+    // with the same reason about the same object into one series for six minutes, keeping the
+    // first note; with the version in the reference, each transition (run 2's RunStarted after
+    // run 1's, the image Job's JobCreated after the akmods Job's) stays its own Event.
+    let mut reference = build.object_ref(&());
+    reference.resource_version = build.resource_version();
     let run = planned.status.current_run.as_ref();
     for event in &planned.events {
         match event.reason {
