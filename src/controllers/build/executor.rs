@@ -4,30 +4,39 @@
 //! into a classified [`RegistryFailure`] (design §3 invariant 4: only "absent" is an answer,
 //! never a reason to rebuild by itself).
 
-use super::work::{FailureClass, RegistryFailure, RegistryWork, WorkOutcome};
-use crate::registry::{self, AnswerClass, ImageRef, RegistryClient};
+use super::execute;
+use super::work::{FailureClass, RegistryFailure, RegistryWork, WorkOutcome, resolve_outcome};
+use crate::pipeline::resolve::Resolver;
+use crate::registry::{self, ImageRef, RegistryClient};
 
 /// Does registry work for the build controller. One per process: the resolver's per-digest
 /// kernel scans are shared by every build.
 #[derive(Debug, Default)]
-pub struct Executor {}
+pub struct Executor {
+    resolver: Resolver,
+}
 
 impl Executor {
     pub fn new() -> Executor {
-        Executor {}
+        Executor::default()
     }
 
     /// The outcome of one piece of work, read with `registry` (the build's client).
     pub async fn execute<R: RegistryClient + ?Sized>(&self, registry: &R, work: &RegistryWork) -> WorkOutcome {
         match work {
-            RegistryWork::ConfirmImage { image } => confirm_image(registry, image).await,
-            RegistryWork::Resolve(_)
-            | RegistryWork::CheckCache(_)
-            | RegistryWork::ConfirmAkmods(_)
-            | RegistryWork::Verify(_) => {
-                failed(FailureClass::Permanent, format!("{} is not available in this build", work.kind()))
+            RegistryWork::Resolve(request) => resolve_outcome(&self.resolver, registry, request).await,
+            // The same decision for a tag (the cache) and a digest (what an akmods Job reported).
+            RegistryWork::CheckCache(request) | RegistryWork::ConfirmAkmods(request) => {
+                execute::check_cache(registry, request).await
             }
+            RegistryWork::ConfirmImage { image } => confirm_image(registry, image).await,
+            RegistryWork::Verify(request) => execute::verify(registry, request).await,
         }
+    }
+
+    /// Base images scanned for kernels so far (each digest once per process).
+    pub fn kernel_scans(&self) -> u64 {
+        self.resolver.scans()
     }
 }
 
@@ -51,15 +60,8 @@ async fn confirm_image<R: RegistryClient + ?Sized>(registry: &R, image: &str) ->
     }
 }
 
-/// The failure class of a registry error: rate limited and unreachable are transient, 401/403
-/// unauthorized, everything else (rejected, invalid content, absent where presence was required)
-/// permanent.
-pub fn class_of(error: &registry::Error) -> FailureClass {
-    match error.class() {
-        Some(AnswerClass::RateLimited | AnswerClass::Unreachable) => FailureClass::Transient,
-        Some(AnswerClass::Unauthorized) => FailureClass::Unauthorized,
-        _ => FailureClass::Permanent,
-    }
+fn class_of(error: &registry::Error) -> FailureClass {
+    FailureClass::of(error.class())
 }
 
 /// A short label of an outcome for metrics and logs.
