@@ -123,7 +123,7 @@ pub fn init_logging(cli: &Cli) {
 pub async fn run(cli: Cli) -> Result<ExitCode, Error> {
     match cli.command {
         Command::Crd(args) => crd::run(&args),
-        Command::Plan(args) => Ok(plan::run(&args)?),
+        Command::Plan(args) => Ok(plan::run(&args).await?),
         Command::Run(args) => Ok(run::run(&args).await?),
         Command::Resolve(args) => resolve::run(&args).await,
         Command::CacheCheck(args) => cache_check::run(&args).await,

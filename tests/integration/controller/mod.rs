@@ -11,6 +11,7 @@
 
 mod binary;
 mod failures;
+mod plan;
 mod runs;
 
 use std::sync::{Arc, Mutex};
