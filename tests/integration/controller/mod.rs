@@ -10,6 +10,7 @@
 //! reached by moving it and asking the controller to reconcile every build.
 
 mod binary;
+mod deploy;
 mod failures;
 mod plan;
 mod runs;
