@@ -57,7 +57,9 @@ async fn main() {
     match args.first().map(String::as_str) {
         Some("fixture") => fixture(PathBuf::from(required(&args, "--env-file"))).await,
         Some("drive") => drive(&args).await,
-        _ => panic!("usage: bench_scale fixture --env-file F | drive --kubeconfig K --registry HOST --metrics URL --builds N [--steady-secs S]"),
+        _ => panic!(
+            "usage: bench_scale fixture --env-file F | drive --kubeconfig K --registry HOST --metrics URL --builds N [--steady-secs S]"
+        ),
     }
 }
 
@@ -72,7 +74,12 @@ async fn fixture(env_file: PathBuf) {
         Layer::gzip(
             KERNELS
                 .iter()
-                .flat_map(|k| [Entry::dir(&format!("usr/lib/modules/{k}")), Entry::file(&format!("usr/lib/modules/{k}/vmlinuz"), b"kernel".to_vec())])
+                .flat_map(|k| {
+                    [
+                        Entry::dir(&format!("usr/lib/modules/{k}")),
+                        Entry::file(&format!("usr/lib/modules/{k}/vmlinuz"), b"kernel".to_vec()),
+                    ]
+                })
                 .chain([Entry::symlink("lib", "usr/lib")])
                 .collect(),
         ),
@@ -90,7 +97,8 @@ async fn fixture(env_file: PathBuf) {
     // The shared akmods cache covering the base's kernels (labels decide: no layer scan).
     let mut cache_entries = vec![Entry::dir("rpms/kmods/zfs")];
     for k in KERNELS {
-        cache_entries.push(Entry::file(&format!("rpms/kmods/zfs/kmod-zfs-{k}-2.4.1-1.fc43.x86_64.rpm"), b"kmod".to_vec()));
+        cache_entries
+            .push(Entry::file(&format!("rpms/kmods/zfs/kmod-zfs-{k}-2.4.1-1.fc43.x86_64.rpm"), b"kmod".to_vec()));
     }
     let cache = ImageSpec::new(vec![Layer::gzip(cache_entries)])
         .label(labels::CACHE_FORMAT, labels::FORMAT_VERSION)
@@ -101,7 +109,10 @@ async fn fixture(env_file: PathBuf) {
     pusher.push_image("bench/kinoite-zfs-bluebuild-akmods-candidate", Some("main-43"), &cache).await;
 
     // The ZFS delta every candidate adds on top of the base.
-    let mut delta = vec![Entry::executable("usr/sbin/zfs", b"zfs".to_vec()), Entry::executable("usr/sbin/zpool", b"zpool".to_vec())];
+    let mut delta = vec![
+        Entry::executable("usr/sbin/zfs", b"zfs".to_vec()),
+        Entry::executable("usr/sbin/zpool", b"zpool".to_vec()),
+    ];
     for k in KERNELS {
         delta.push(Entry::file(&format!("usr/lib/modules/{k}/extra/zfs/zfs.ko.xz"), b"ko".to_vec()));
     }
@@ -153,7 +164,8 @@ async fn drive(args: &[String]) {
         .unwrap()
         .to_vec();
     let parsed: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
-    let mut blobs: Vec<String> = parsed["layers"].as_array().unwrap().iter().map(|l| l["digest"].as_str().unwrap().to_string()).collect();
+    let mut blobs: Vec<String> =
+        parsed["layers"].as_array().unwrap().iter().map(|l| l["digest"].as_str().unwrap().to_string()).collect();
     blobs.push(parsed["config"]["digest"].as_str().unwrap().to_string());
 
     let completer = tokio::spawn(complete_image_jobs(client.clone(), host.clone(), manifest, blobs));
@@ -177,7 +189,11 @@ async fn drive(args: &[String]) {
     let mut ready_at: BTreeMap<String, Duration> = BTreeMap::new();
     loop {
         for b in api.list(&ListParams::default()).await.unwrap() {
-            let ready = b.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            let conditions = b.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+            let ready = conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True");
+            if let Some(stalled) = conditions.iter().find(|c| c.type_ == "Stalled" && c.status == "True") {
+                panic!("{} is Stalled ({}): {}", b.name_any(), stalled.reason, stalled.message);
+            }
             if ready {
                 ready_at.entry(b.name_any()).or_insert_with(|| started.elapsed());
             }
@@ -185,7 +201,11 @@ async fn drive(args: &[String]) {
         if ready_at.len() >= builds {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(1800), "only {} of {builds} Ready after 30 min", ready_at.len());
+        assert!(
+            started.elapsed() < Duration::from_secs(1800),
+            "only {} of {builds} Ready after 30 min",
+            ready_at.len()
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let all_ready = started.elapsed();
@@ -262,10 +282,24 @@ async fn complete_image_jobs(client: kube::Client, host: String, manifest: Vec<u
             continue;
         }
         let env = |key: &str| {
-            job.spec.as_ref()?.template.spec.as_ref()?.containers.iter().find(|c| c.name == "builder")?.env.iter().flatten().find(|e| e.name == key)?.value.clone()
+            job.spec
+                .as_ref()?
+                .template
+                .spec
+                .as_ref()?
+                .containers
+                .iter()
+                .find(|c| c.name == "builder")?
+                .env
+                .iter()
+                .flatten()
+                .find(|e| e.name == key)?
+                .value
+                .clone()
         };
         let repository = env("KZO_IMAGE_REPOSITORY").expect("the image Job names its repository");
-        let repo = repository.strip_prefix(&format!("{host}/")).expect("the repository is on the bench registry").to_string();
+        let repo =
+            repository.strip_prefix(&format!("{host}/")).expect("the repository is on the bench registry").to_string();
         let tag = env("KZO_PUSH_REFS").and_then(|r| r.rsplit(':').next().map(str::to_string)).expect("a push ref");
         for blob in &blobs {
             let url = format!("http://{host}/v2/{repo}/blobs/uploads/?mount={blob}&from={DELTA_REPO}");
@@ -281,7 +315,8 @@ async fn complete_image_jobs(client: kube::Client, host: String, manifest: Vec<u
             .unwrap();
         assert_eq!(put.status().as_u16(), 201, "push {repo}:{tag}");
 
-        let template_labels = job.spec.as_ref().and_then(|s| s.template.metadata.as_ref()).and_then(|m| m.labels.clone());
+        let template_labels =
+            job.spec.as_ref().and_then(|s| s.template.metadata.as_ref()).and_then(|m| m.labels.clone());
         let pod: Pod = serde_json::from_value(json!({
             "metadata": {"name": format!("{name}-pod"), "namespace": NS, "labels": template_labels,
                 "ownerReferences": [job.controller_owner_ref(&()).unwrap()]},

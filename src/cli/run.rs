@@ -55,7 +55,8 @@ pub struct RunArgs {
 
 pub async fn run(args: &RunArgs) -> Result<ExitCode, Error> {
     // Install the handlers first: a SIGTERM during startup must not kill the process mid-write.
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(Error::Signal)?;
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(Error::Signal)?;
     let client = kube::Client::try_default().await.map_err(Error::Connect)?;
     let pool = Arc::new(ClientPool::from_args(&args.registry)?);
     let default_credentials = match &args.registry.registry_config {

@@ -14,8 +14,7 @@
 //! Label values are bounded sets (kinds, triggers, reasons), never object names.
 
 use std::fmt;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -42,8 +41,11 @@ pub struct Metrics {
     runs_started: Family<Labels, Counter>,
     runs_finished: Family<Labels, Counter>,
     registry_work: Family<Labels, Counter>,
-    builds: Arc<AtomicI64>,
+    builds: BuildCount,
 }
+
+/// Where `kzo_builds` is read from at scrape time (the controller's cache).
+type BuildCount = Arc<Mutex<Option<Box<dyn Fn() -> usize + Send + Sync>>>>;
 
 impl fmt::Debug for Metrics {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -81,7 +83,7 @@ impl Metrics {
             "Registry work done by the controller (resolve, check-cache, confirm-akmods, confirm-image, verify), by outcome",
             registry_work.clone(),
         );
-        let builds = Arc::new(AtomicI64::new(0));
+        let builds = BuildCount::default();
         registry.register_collector(Box::new(Snapshot { requests, builds: builds.clone() }));
         Metrics {
             registry,
@@ -119,8 +121,9 @@ impl Metrics {
         self.registry_work.get_or_create(&labels(&[("work", work), ("outcome", outcome)])).inc();
     }
 
-    pub fn set_builds(&self, count: usize) {
-        self.builds.store(i64::try_from(count).unwrap_or(i64::MAX), Ordering::Relaxed);
+    /// `kzo_builds` reads `count` at every scrape.
+    pub fn count_builds_with(&self, count: impl Fn() -> usize + Send + Sync + 'static) {
+        *self.builds.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(count));
     }
 
     /// The Prometheus text format (0.0.4) of every metric.
@@ -138,10 +141,15 @@ impl Metrics {
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
 /// Values read at scrape time from state kept elsewhere.
-#[derive(Debug)]
 struct Snapshot {
     requests: Arc<RequestCounters>,
-    builds: Arc<AtomicI64>,
+    builds: BuildCount,
+}
+
+impl fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Snapshot").finish_non_exhaustive()
+    }
 }
 
 impl Collector for Snapshot {
@@ -157,9 +165,14 @@ impl Collector for Snapshot {
             family.metric_type(),
         )?;
         family.encode(metric)?;
-        let builds = ConstGauge::new(self.builds.load(Ordering::Relaxed));
-        let metric =
-            encoder.encode_descriptor("kzo_builds", "ZfsImageBuilds in the controller's cache", None, builds.metric_type())?;
+        let count = self.builds.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map_or(0, |count| count());
+        let builds = ConstGauge::new(i64::try_from(count).unwrap_or(i64::MAX));
+        let metric = encoder.encode_descriptor(
+            "kzo_builds",
+            "ZfsImageBuilds in the controller's cache",
+            None,
+            builds.metric_type(),
+        )?;
         builds.encode(metric)?;
         Ok(())
     }
@@ -182,7 +195,7 @@ mod tests {
         metrics.run_started("Created");
         metrics.run_finished("failed", "ImageJobFailed");
         metrics.registry_work("resolve", "ok");
-        metrics.set_builds(3);
+        metrics.count_builds_with(|| 3);
         let text = metrics.encode();
         for line in [
             "kzo_reconciles_total{controller=\"ZfsImageBuild\"} 1",

@@ -40,7 +40,9 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: impl std:
         let state = state.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request| answer(request, state.clone()));
-            if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await {
+            if let Err(e) =
+                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await
+            {
                 tracing::debug!(%peer, error = %e, "http: connection");
             }
         });
@@ -56,7 +58,9 @@ async fn answer(request: Request<Incoming>, state: Arc<State>) -> Result<Respons
     let text = |status: StatusCode, body: &str| {
         let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
         *response.status_mut() = status;
-        response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; charset=utf-8"));
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; charset=utf-8"));
         response
     };
     if request.method() != Method::GET && request.method() != Method::HEAD {
@@ -68,7 +72,9 @@ async fn answer(request: Request<Incoming>, state: Arc<State>) -> Result<Respons
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "caches not synced yet\n"),
         "/metrics" => {
             let mut response = Response::new(Full::new(Bytes::from(state.metrics.encode())));
-            response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(metrics::CONTENT_TYPE));
+            response
+                .headers_mut()
+                .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(metrics::CONTENT_TYPE));
             response
         }
         _ => text(StatusCode::NOT_FOUND, "not found: /healthz, /readyz, /metrics\n"),

@@ -235,6 +235,8 @@ pub fn start(
         .touched_objects();
 
     let caches = Caches { builds: builds.clone(), jobs: jobs.clone(), pods, config_maps, promotions };
+    let counted = builds.clone();
+    metrics.count_builds_with(move || counted.len());
     let context = Arc::new(Context {
         client: client.clone(),
         caches: caches.clone(),
@@ -257,9 +259,7 @@ pub fn start(
         .watches_stream(pod_events, move |pod: Pod| build_of_pod(&pod, &pod_owner_jobs))
         // Promotions pin runs (kept past historyLimit); their build is named in the spec.
         .watches_stream(promotion_events, |promotion: Promotion| {
-            promotion
-                .namespace()
-                .map(|ns| ObjectRef::<ZfsImageBuild>::new(&promotion.spec.build_ref.name).within(&ns))
+            promotion.namespace().map(|ns| ObjectRef::<ZfsImageBuild>::new(&promotion.spec.build_ref.name).within(&ns))
         })
         .reconcile_all_on(resync)
         .graceful_shutdown_on(shutdown)

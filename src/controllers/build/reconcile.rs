@@ -27,8 +27,8 @@ use super::plan::{Child, ChildKind, EventType, Plan, PlanInput, plan};
 use super::reasons::events;
 use super::work::{FailureClass, RegistryFailure, RegistryResults, WorkOutcome};
 use crate::api::{Promotion, ZfsImageBuild};
-use crate::jobs::observe::{JobState, ObservedJob, ObservedPod, observe_job, observe_pod};
 use crate::jobs::MANAGER;
+use crate::jobs::observe::{JobState, ObservedJob, ObservedPod, observe_job, observe_pod};
 use crate::registry::{CredentialSet, OciRegistry};
 
 /// Plans per reconcile at most: each pass answers the registry work of the previous one. A run
@@ -45,15 +45,19 @@ const DOCKER_CONFIG_KEY: &str = ".dockerconfigjson";
 pub(super) async fn reconcile(cached: Arc<ZfsImageBuild>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     ctx.metrics.reconcile_started(CONTROLLER);
-    let cached_builds = ctx.caches.builds.len();
-    ctx.metrics.set_builds(cached_builds);
-    if ctx.memory().results.len() > cached_builds {
+    if ctx.memory().results.len() > ctx.caches.builds.len() {
         // Deleted builds are never reconciled again: drop what was kept for them.
         forget_deleted_builds(&ctx);
     }
     let namespace = cached.namespace().unwrap_or_default();
     let name = cached.name_any();
-    let span = tracing::info_span!("reconcile", kind = "ZfsImageBuild", namespace = %namespace, name = %name);
+    let span = tracing::info_span!(
+        "reconcile",
+        kind = "ZfsImageBuild",
+        namespace = %namespace,
+        name = %name,
+        generation = tracing::field::Empty
+    );
     let result = tracing::Instrument::instrument(reconcile_build(&namespace, &name, &ctx), span).await;
     ctx.metrics.reconcile_duration(CONTROLLER, started.elapsed().as_secs_f64());
     if result.is_ok()
@@ -138,7 +142,9 @@ async fn plan_with_registry(
             let label = outcome_label(&outcome);
             ctx.metrics.registry_work(work.kind(), label);
             match &outcome {
-                WorkOutcome::Failed(failure) => info!(work = work.kind(), outcome = label, message = %failure.message, "registry work"),
+                WorkOutcome::Failed(failure) => {
+                    info!(work = work.kind(), outcome = label, message = %failure.message, "registry work")
+                }
                 _ => debug!(work = work.kind(), outcome = label, "registry work"),
             }
             results.record(work.clone(), outcome, ctx.now());
@@ -178,15 +184,21 @@ async fn observe(build: &ZfsImageBuild, namespace: &str, uid: &str, ctx: &Contex
             let api = Api::<Pod>::namespaced(ctx.client.clone(), namespace);
             let selector = format!("batch.kubernetes.io/controller-uid={}", job.uid);
             for pod in api.list(&ListParams::default().labels(&selector)).await? {
+                // The fresh read wins over a cached copy that may predate the termination.
                 let observed = observe_pod(&pod);
-                if !pods.iter().any(|p| p.name == observed.name) {
-                    pods.push(observed);
-                }
+                pods.retain(|p| p.name != observed.name);
+                pods.push(observed);
             }
         }
     }
-    let config_maps =
-        ctx.caches.config_maps.state().iter().filter(|c| owned(c.meta())).filter_map(|c| observe_config_map(c)).collect();
+    let config_maps = ctx
+        .caches
+        .config_maps
+        .state()
+        .iter()
+        .filter(|c| owned(c.meta()))
+        .filter_map(|c| observe_config_map(c))
+        .collect();
     let promotions: Vec<Promotion> = ctx
         .caches
         .promotions
@@ -217,13 +229,17 @@ fn has_result_pod(pods: &[ObservedPod], job_uid: &str) -> bool {
 /// The registry client for `build`: its credentials Secret when it names one, else the
 /// operator's `--registry-config`. A Secret that is missing, unreadable or not a docker config
 /// is a failure of every registry request (`Unauthorized`: nothing is rebuilt because of it).
-async fn registry_for(build: &ZfsImageBuild, ctx: &Context) -> Result<Result<Arc<OciRegistry>, RegistryFailure>, Error> {
+async fn registry_for(
+    build: &ZfsImageBuild,
+    ctx: &Context,
+) -> Result<Result<Arc<OciRegistry>, RegistryFailure>, Error> {
     let unauthorized = |message: String| Ok(Err(RegistryFailure { class: FailureClass::Unauthorized, message }));
     let credentials = match &build.spec.registry.credentials_secret_ref {
         None => ctx.default_credentials.clone(),
         Some(reference) => {
             let namespace = build.namespace().unwrap_or_default();
-            let what = format!("credentials Secret {namespace}/{} (spec.registry.credentialsSecretRef)", reference.name);
+            let what =
+                format!("credentials Secret {namespace}/{} (spec.registry.credentialsSecretRef)", reference.name);
             let secrets = Api::<Secret>::namespaced(ctx.client.clone(), &namespace);
             let secret = match secrets.get_opt(&reference.name).await {
                 Ok(Some(secret)) => secret,
@@ -247,7 +263,10 @@ async fn registry_for(build: &ZfsImageBuild, ctx: &Context) -> Result<Result<Arc
             }
         }
     };
-    Ok(ctx.pool.client(&credentials).map_err(|e| RegistryFailure { class: FailureClass::Permanent, message: e.to_string() }))
+    Ok(ctx
+        .pool
+        .client(&credentials)
+        .map_err(|e| RegistryFailure { class: FailureClass::Permanent, message: e.to_string() }))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -258,7 +277,8 @@ async fn registry_for(build: &ZfsImageBuild, ctx: &Context) -> Result<Result<Arc
 async fn write_status(builds: &Api<ZfsImageBuild>, build: &ZfsImageBuild, planned: &Plan) -> Result<bool, Error> {
     let current = serde_json::to_value(build.status.clone().unwrap_or_default())
         .map_err(|source| Error::Serialize { what: "the current status", source })?;
-    let next = serde_json::to_value(&planned.status).map_err(|source| Error::Serialize { what: "the status", source })?;
+    let next =
+        serde_json::to_value(&planned.status).map_err(|source| Error::Serialize { what: "the status", source })?;
     if current == next {
         return Ok(false);
     }
@@ -291,7 +311,10 @@ async fn apply_children(namespace: &str, planned: &Plan, ctx: &Context) -> Resul
     for child in &planned.delete {
         let result = match child.kind {
             ChildKind::Job => jobs
-                .delete(&child.name, &DeleteParams { propagation_policy: Some(PropagationPolicy::Background), ..Default::default() })
+                .delete(
+                    &child.name,
+                    &DeleteParams { propagation_policy: Some(PropagationPolicy::Background), ..Default::default() },
+                )
                 .await
                 .map(|_| ()),
             ChildKind::ConfigMap => config_maps.delete(&child.name, &DeleteParams::default()).await.map(|_| ()),

@@ -7,6 +7,16 @@ use std::time::{Duration, Instant};
 
 use super::*;
 
+/// Kills the operator process if the test fails before it stopped it.
+struct Process(std::process::Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -17,15 +27,17 @@ async fn the_run_binary_serves_health_readiness_metrics_and_stops_on_sigterm() {
     env.push_cache(&[K1, K2]).await;
     let logs = tempfile::NamedTempFile::new().unwrap();
     let port = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kinoite-zfs-operator"))
-        .args(["run", "--log-format", "json", "--http-address", &format!("127.0.0.1:{port}")])
-        .args(["--insecure-registry", env.host(), "--tools-image", TOOLS_IMAGE])
-        .env("KUBECONFIG", env.sim.kubeconfig())
-        .env("RUST_LOG", "info,kinoite_zfs_operator=debug")
-        .stdout(Stdio::null())
-        .stderr(logs.reopen().unwrap())
-        .spawn()
-        .expect("start the operator");
+    let mut child = Process(
+        Command::new(env!("CARGO_BIN_EXE_kinoite-zfs-operator"))
+            .args(["run", "--log-format", "json", "--http-address", &format!("127.0.0.1:{port}")])
+            .args(["--insecure-registry", env.host(), "--tools-image", TOOLS_IMAGE])
+            .env("KUBECONFIG", env.sim.kubeconfig())
+            .env("RUST_LOG", "info,kinoite_zfs_operator=debug")
+            .stdout(Stdio::null())
+            .stderr(logs.reopen().unwrap())
+            .spawn()
+            .expect("start the operator"),
+    );
     let base = format!("http://127.0.0.1:{port}");
 
     // Alive, then ready once every watch has listed.
@@ -54,11 +66,11 @@ async fn the_run_binary_serves_health_readiness_metrics_and_stops_on_sigterm() {
     assert!(metrics.contains("# TYPE kzo_reconcile_duration_seconds histogram"), "{metrics}");
 
     // SIGTERM: graceful shutdown, exit 0.
-    let stopped = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let stopped = Command::new("kill").args(["-TERM", &child.0.id().to_string()]).status().unwrap();
     assert!(stopped.success());
     let deadline = Instant::now() + Duration::from_secs(20);
     let exit = loop {
-        if let Some(status) = child.try_wait().unwrap() {
+        if let Some(status) = child.0.try_wait().unwrap() {
             break status;
         }
         assert!(Instant::now() < deadline, "the operator did not stop after SIGTERM");

@@ -95,13 +95,18 @@ fn the_deployment_runs_the_operator_with_valid_arguments_and_probes() {
     let mut argv = vec!["kinoite-zfs-operator".to_string()];
     argv.extend(container.args.clone().unwrap());
     Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("`run` rejects the Deployment's arguments: {e}"));
-    let probe_path = |p: &Option<k8s_openapi::api::core::v1::Probe>| p.as_ref().unwrap().http_get.as_ref().unwrap().path.clone();
+    let probe_path =
+        |p: &Option<k8s_openapi::api::core::v1::Probe>| p.as_ref().unwrap().http_get.as_ref().unwrap().path.clone();
     assert_eq!(probe_path(&container.liveness_probe).as_deref(), Some("/healthz"));
     assert_eq!(probe_path(&container.readiness_probe).as_deref(), Some("/readyz"));
     assert_eq!(container.ports.as_ref().unwrap()[0].container_port, 8080);
     let env = container.env.as_ref().unwrap();
     let tools = env.iter().find(|e| e.name == "KZO_TOOLS_IMAGE").and_then(|e| e.value.clone()).unwrap();
-    assert_eq!(Some(tools.as_str()), container.image.as_deref(), "the builder entrypoint comes from the operator image");
+    assert_eq!(
+        Some(tools.as_str()),
+        container.image.as_deref(),
+        "the builder entrypoint comes from the operator image"
+    );
     assert!(tools.contains("@sha256:"), "pinned by digest");
     assert_eq!(pod.service_account_name.as_deref(), Some("kinoite-zfs-operator"));
 }

@@ -16,7 +16,8 @@ async fn branch_mode_with_a_stale_cache_fails_closed() {
     let env = Env::start().await;
     env.push_cache(&[K1]).await;
     env.create(&env.build("feature", "Branch", "  branch: feature/zfs-2.4")).await;
-    let build = env.wait_for("feature", "Stalled", |b| has_condition(b, "Stalled", "True", "AkmodsCacheNotReusable")).await;
+    let build =
+        env.wait_for("feature", "Stalled", |b| has_condition(b, "Stalled", "True", "AkmodsCacheNotReusable")).await;
     let run = build.status.as_ref().unwrap().current_run.clone().unwrap();
     assert_eq!(run.phase, RunPhase::Failed);
     let message = &condition(&build, "Stalled").unwrap().message;
@@ -91,9 +92,12 @@ async fn a_failed_builder_job_fails_the_run_without_a_retry_loop() {
     assert_eq!(env.job_names().await, ["kinoite-1-akmods"], "no second Job");
 
     // The rebuild annotation is the way out: a new run.
-    let annotate = json!({"metadata": {"annotations": {"kinoite-zfs.io/rebuild-requested-at": "2026-03-01T05:10:00Z"}}});
+    let annotate =
+        json!({"metadata": {"annotations": {"kinoite-zfs.io/rebuild-requested-at": "2026-03-01T05:10:00Z"}}});
     env.builds().patch("kinoite", &PatchParams::default(), &Patch::Merge(annotate)).await.unwrap();
-    let build = env.wait_for("kinoite", "run 2", |b| phase(b).as_deref() == Some("BuildingAkmods") && run_number(b) == Some(2)).await;
+    let build = env
+        .wait_for("kinoite", "run 2", |b| phase(b).as_deref() == Some("BuildingAkmods") && run_number(b) == Some(2))
+        .await;
     assert_eq!(build.status.as_ref().unwrap().last_handled_rebuild_at.as_deref(), Some("2026-03-01T05:10:00Z"));
 }
 
@@ -104,7 +108,8 @@ async fn an_unauthorized_registry_stalls_without_a_rebuild_and_heals_with_a_fixe
     let mut build = env.build("kinoite", "Main", "");
     build.spec.registry.credentials_secret_ref.as_mut().unwrap().name = "wrong-push".into();
     env.create(&build).await;
-    let build = env.wait_for("kinoite", "Stalled", |b| has_condition(b, "Stalled", "True", "RegistryUnauthorized")).await;
+    let build =
+        env.wait_for("kinoite", "Stalled", |b| has_condition(b, "Stalled", "True", "RegistryUnauthorized")).await;
     let message = &condition(&build, "Stalled").unwrap().message;
     assert!(message.contains("credentialsSecretRef"), "{message}");
     assert!(!message.contains("not-the-password"), "credentials never in status");
@@ -134,7 +139,8 @@ async fn an_unauthorized_registry_stalls_without_a_rebuild_and_heals_with_a_fixe
 async fn invalid_specs_are_rejected_by_the_schema_or_reported_stalled() {
     let env = Env::start().await;
     // The CRD schema rejects what it can express (CEL: Branch needs a branch).
-    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/invalid/build-branch-missing.yaml");
+    let fixture =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/invalid/build-branch-missing.yaml");
     env.sim.create_namespace("t");
     let out = env.sim.kubectl(&["apply", "-f", fixture.to_str().unwrap()]).await;
     assert!(!out.success && out.stderr.contains("branch is required when mode is Branch"), "{}", out.stderr);
@@ -156,4 +162,29 @@ async fn invalid_specs_are_rejected_by_the_schema_or_reported_stalled() {
     let build = env.wait_for("kinoite", "a run", |b| phase(b).as_deref() == Some("BuildingAkmods")).await;
     assert!(condition(&build, "Stalled").is_none());
     assert_eq!(build.status.as_ref().unwrap().observed_generation, Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_outage_is_waited_out_and_never_fails_the_run() {
+    let mut env = Env::start().await;
+    env.push_cache(&[K1, K2]).await;
+    env.registry.stop();
+    env.create(&env.build("kinoite", "Main", "")).await;
+    let build = env
+        .wait_for("kinoite", "Reconciling", |b| has_condition(b, "Reconciling", "True", "RegistryUnavailable"))
+        .await;
+    assert!(has_condition(&build, "Ready", "False", "RegistryUnavailable"));
+    assert!(condition(&build, "Stalled").is_none(), "a transient failure is not Stalled");
+    assert_eq!(phase(&build).as_deref(), Some("Resolving"));
+    assert!(env.job_names().await.is_empty());
+    assert!(env.metric("kzo_registry_work_total{work=\"resolve\",outcome=\"transient\"}").await >= 1.0);
+    assert!(env.metric("kzo_registry_requests_total{result=\"unreachable\"}").await >= 1.0);
+
+    // The registry comes back; the retry (10 s after the failure) finds it.
+    env.registry.restart().await;
+    env.clock.advance(11);
+    env.resync();
+    let build = env.wait_for("kinoite", "the run goes on", |b| phase(b).as_deref() == Some("BuildingImage")).await;
+    assert!(condition(&build, "Reconciling").is_some_and(|c| c.reason == "BuildingImage"));
+    assert_eq!(run_number(&build), Some(1), "the same run, not a new one");
 }

@@ -29,8 +29,8 @@ use serde_json::{Value, json};
 
 use crate::support::apisim::ApiSim;
 use crate::support::image::{Entry, ImageSpec, Layer, OCI_MANIFEST, PushedImage, Pusher};
-use crate::support::registry::Registry;
 use crate::support::init;
+use crate::support::registry::Registry;
 use kinoite_zfs_operator::api::ZfsImageBuild;
 use kinoite_zfs_operator::api::build::DEFAULT_AKMODS_REVISION;
 use kinoite_zfs_operator::controllers::build::controller::Settings as BuildSettings;
@@ -78,13 +78,17 @@ impl TestClock {
 /// A Kinoite-like base with these kernels (`lib -> usr/lib`, one `vmlinuz` per kernel), the two
 /// labels resolution reads.
 pub fn base_image(kernels: &[&str], version: &str) -> ImageSpec {
-    let mut entries = vec![Entry::symlink("lib", "usr/lib"), Entry::executable("usr/bin/rpm-ostree", b"rpm-ostree".to_vec())];
+    let mut entries =
+        vec![Entry::symlink("lib", "usr/lib"), Entry::executable("usr/bin/rpm-ostree", b"rpm-ostree".to_vec())];
     for k in kernels {
         entries.push(Entry::file(&format!("usr/lib/modules/{k}/vmlinuz"), format!("kernel {k}").into_bytes()));
     }
-    ImageSpec::new(vec![Layer::gzip(entries), Layer::gzip(vec![Entry::file("etc/os-release", b"NAME=Kinoite\n".to_vec())])])
-        .label("ostree.linux", kernels.last().copied().unwrap_or_default())
-        .label("org.opencontainers.image.version", version)
+    ImageSpec::new(vec![
+        Layer::gzip(entries),
+        Layer::gzip(vec![Entry::file("etc/os-release", b"NAME=Kinoite\n".to_vec())]),
+    ])
+    .label("ostree.linux", kernels.last().copied().unwrap_or_default())
+    .label("org.opencontainers.image.version", version)
 }
 
 /// An akmods cache image as the akmods Job pushes it: kmod RPMs for `kernels` and the cache
@@ -111,10 +115,13 @@ pub fn akmods_image(kernels: &[&str], builder_digest: &str) -> ImageSpec {
 /// A candidate as the image Job pushes it: the base's layers plus a ZFS layer (commands and a
 /// `zfs.ko.xz` per kernel).
 pub fn candidate_image(base: &ImageSpec, kernels: &[&str]) -> ImageSpec {
-    let mut entries =
-        vec![Entry::executable("usr/sbin/zfs", b"zfs".to_vec()), Entry::executable("usr/sbin/zpool", b"zpool".to_vec())];
+    let mut entries = vec![
+        Entry::executable("usr/sbin/zfs", b"zfs".to_vec()),
+        Entry::executable("usr/sbin/zpool", b"zpool".to_vec()),
+    ];
     for k in kernels {
-        entries.push(Entry::file(&format!("usr/lib/modules/{k}/extra/zfs/zfs.ko.xz"), format!("zfs.ko {k}").into_bytes()));
+        entries
+            .push(Entry::file(&format!("usr/lib/modules/{k}/extra/zfs/zfs.ko.xz"), format!("zfs.ko {k}").into_bytes()));
     }
     let mut layers = base.layers.clone();
     layers.push(Layer::gzip(entries));
@@ -159,7 +166,8 @@ impl Env {
         let pusher = Pusher::new(&registry);
         let base = base_image(&[K1, K2], "43.20260227.1");
         let base_pushed = push_base(&pusher, &base, "20260227.1").await;
-        let builder = ImageSpec::new(vec![Layer::gzip(vec![Entry::executable("usr/bin/just", b"#!/bin/sh\n".to_vec())])]);
+        let builder =
+            ImageSpec::new(vec![Layer::gzip(vec![Entry::executable("usr/bin/just", b"#!/bin/sh\n".to_vec())])]);
         let builder_digest = pusher.push_image(BUILDER_REPO, Some("latest"), &builder).await.digest;
         let env = Env {
             sim,
@@ -328,7 +336,10 @@ spec:
     /// Pushes an akmods cache covering `kernels` to `<candidateAkmods>:main-43` (what Main's last
     /// akmods Job left); returns its digest.
     pub async fn push_cache(&self, kernels: &[&str]) -> String {
-        self.pusher.push_image(CANDIDATE_AKMODS_REPO, Some("main-43"), &akmods_image(kernels, &self.builder_digest)).await.digest
+        self.pusher
+            .push_image(CANDIDATE_AKMODS_REPO, Some("main-43"), &akmods_image(kernels, &self.builder_digest))
+            .await
+            .digest
     }
 
     /// The akmods Job of `run` does its work: pushes the cache to `main-43` and `<run>-43`,
@@ -336,7 +347,9 @@ spec:
     pub async fn finish_akmods(&self, build: &str, run: i64, kernels: &[&str]) -> String {
         let spec = akmods_image(kernels, &self.builder_digest);
         let pushed = self.pusher.push_image(CANDIDATE_AKMODS_REPO, Some("main-43"), &spec).await;
-        self.pusher.put_manifest(CANDIDATE_AKMODS_REPO, Some(&format!("{run}-43")), OCI_MANIFEST, pushed.manifest).await;
+        self.pusher
+            .put_manifest(CANDIDATE_AKMODS_REPO, Some(&format!("{run}-43")), OCI_MANIFEST, pushed.manifest)
+            .await;
         let result = json!({"version": 1, "step": "akmods", "digest": pushed.digest, "kernel_releases": kernels});
         self.complete_job(&format!("{build}-{run}-akmods"), &result.to_string()).await;
         pushed.digest
@@ -369,10 +382,18 @@ spec:
     }
 
     async fn job_pod(&self, job_name: &str, exit_code: i32, message: &str) {
+        let pod = self.create_job_pod(job_name, if exit_code == 0 { "ok" } else { "failed" }).await;
+        self.terminate_pod(&pod, exit_code, message).await;
+    }
+
+    /// Creates a pod of the Job (running, no status yet) the way the Job controller would;
+    /// returns its name.
+    pub async fn create_job_pod(&self, job_name: &str, suffix: &str) -> String {
         let job = self.job(job_name).await;
-        let template_labels = job.spec.as_ref().and_then(|s| s.template.metadata.as_ref()).and_then(|m| m.labels.clone());
+        let template_labels =
+            job.spec.as_ref().and_then(|s| s.template.metadata.as_ref()).and_then(|m| m.labels.clone());
         let pods = Api::<Pod>::namespaced(self.client.clone(), NS);
-        let name = format!("{job_name}-{}", if exit_code == 0 { "ok" } else { "failed" });
+        let name = format!("{job_name}-{suffix}");
         let pod: Pod = serde_json::from_value(json!({
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": name, "namespace": NS, "labels": template_labels,
@@ -381,19 +402,28 @@ spec:
         }))
         .unwrap();
         pods.create(&PostParams::default(), &pod).await.unwrap();
+        name
+    }
+
+    /// The pod's builder container terminates with this exit code and termination message.
+    pub async fn terminate_pod(&self, pod: &str, exit_code: i32, message: &str) {
+        let pods = Api::<Pod>::namespaced(self.client.clone(), NS);
         let phase = if exit_code == 0 { "Succeeded" } else { "Failed" };
         let terminated = json!({"status": {"phase": phase, "containerStatuses": [{"name": "builder", "image": "builder",
             "imageID": "", "ready": false, "restartCount": 0,
             "state": {"terminated": {"exitCode": exit_code, "reason": "Completed", "message": message,
                 "finishedAt": self.clock.now().to_string()}}}]}});
-        pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(terminated)).await.unwrap();
+        pods.patch_status(pod, &PatchParams::default(), &Patch::Merge(terminated)).await.unwrap();
     }
 
     /// Events of the build (events.k8s.io/v1), as `(reason, note)` in creation order.
     pub async fn events(&self, build: &str) -> Vec<(String, String)> {
         let events = Api::<Event>::namespaced(self.client.clone(), NS).list(&ListParams::default()).await.unwrap();
-        let mut items: Vec<&Event> =
-            events.items.iter().filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(build)).collect();
+        let mut items: Vec<&Event> = events
+            .items
+            .iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(build))
+            .collect();
         items.sort_by_key(|e| e.event_time.as_ref().map(|t| t.0));
         items.iter().map(|e| (e.reason.clone().unwrap_or_default(), e.note.clone().unwrap_or_default())).collect()
     }

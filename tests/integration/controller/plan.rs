@@ -11,10 +11,11 @@ async fn plan(env: &Env, build: &ZfsImageBuild, extra: &[&str], credentials: boo
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("build.yaml");
     std::fs::write(&file, serde_saphyr::to_string(build).unwrap()).unwrap();
-    let mut args: Vec<String> = ["plan", "-o", "json", "--now", "2026-03-01T05:00:00Z", "--insecure-registry", env.host(), "-f"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let mut args: Vec<String> =
+        ["plan", "-o", "json", "--now", "2026-03-01T05:00:00Z", "--insecure-registry", env.host(), "-f"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
     args.push(file.display().to_string());
     if credentials {
         let config = dir.path().join("config.json");
@@ -29,7 +30,8 @@ async fn plan(env: &Env, build: &ZfsImageBuild, extra: &[&str], credentials: boo
     .unwrap();
     let stdout = String::from_utf8(out.stdout).unwrap();
     let stderr = String::from_utf8(out.stderr).unwrap();
-    let json = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("plan printed no JSON ({e}): {stdout}\n{stderr}"));
+    let json =
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("plan printed no JSON ({e}): {stdout}\n{stderr}"));
     (out.status.code().unwrap_or(-1), json, stderr)
 }
 
@@ -55,7 +57,8 @@ async fn plan_resolves_and_decides_the_cache_from_the_registry() {
     assert_eq!(out["run"]["phase"], "BuildingImage", "{out}");
     assert_eq!(out["cacheDecision"]["status"], "Reusable");
     assert_eq!(out["cacheDecision"]["image"], format!("{}/{CANDIDATE_AKMODS_REPO}@{cache}", env.host()));
-    let names: Vec<&str> = out["jobs"].as_array().unwrap().iter().map(|j| j["metadata"]["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> =
+        out["jobs"].as_array().unwrap().iter().map(|j| j["metadata"]["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["kinoite-1-image"]);
     // `--cache` still overrides the registry.
     let (code, out, _) = plan(&env, &build, &["--cache", "missing"], true).await;
