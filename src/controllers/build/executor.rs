@@ -5,7 +5,7 @@
 //! never a reason to rebuild by itself).
 
 use super::execute;
-use super::work::{FailureClass, RegistryFailure, RegistryWork, WorkOutcome, resolve_outcome};
+use super::work::{FailureClass, RegistryFailure, RegistryWork, WorkOutcome};
 use crate::pipeline::resolve::Resolver;
 use crate::registry::{self, ImageRef, RegistryClient};
 
@@ -24,7 +24,7 @@ impl Executor {
     /// The outcome of one piece of work, read with `registry` (the build's client).
     pub async fn execute<R: RegistryClient + ?Sized>(&self, registry: &R, work: &RegistryWork) -> WorkOutcome {
         match work {
-            RegistryWork::Resolve(request) => resolve_outcome(&self.resolver, registry, request).await,
+            RegistryWork::Resolve(request) => execute::resolve(&self.resolver, registry, request).await,
             // The same decision for a tag (the cache) and a digest (what an akmods Job reported).
             RegistryWork::CheckCache(request) | RegistryWork::ConfirmAkmods(request) => {
                 execute::check_cache(registry, request).await
