@@ -7,12 +7,14 @@
 //! - [`pipeline`]: the pipeline logic (resolution, cache decision, verification, promotion);
 //! - [`jobs`]: rendering of builder Jobs;
 //! - [`controllers`]: the Kubernetes controllers;
+//! - [`operator`]: the operator process (`run`): controllers, health and metrics endpoints;
 //! - [`cli`]: the command line, the same code paths for scripts and runbooks.
 
 pub mod api;
 pub mod cli;
 pub mod controllers;
 pub mod jobs;
+pub mod operator;
 pub mod pipeline;
 pub mod registry;
 pub mod tls;

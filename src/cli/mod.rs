@@ -6,6 +6,7 @@ mod crd;
 pub mod plan;
 pub mod promote;
 pub mod resolve;
+pub mod run;
 pub mod verify;
 
 use std::error::Error as StdError;
@@ -21,6 +22,8 @@ pub enum Error {
     Api(#[from] crate::api::Error),
     #[error(transparent)]
     Plan(#[from] plan::Error),
+    #[error(transparent)]
+    Run(#[from] run::Error),
     #[error(transparent)]
     Promote(#[from] promote::Error),
     #[error(transparent)]
@@ -83,6 +86,8 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the operator: the ZfsImageBuild controller, /healthz, /readyz and /metrics.
+    Run(run::RunArgs),
     /// Print both CRDs as YAML (the committed crds/ equal this output).
     Crd(crd::CrdArgs),
     /// Print what a run of a ZfsImageBuild would do (inputs, cache decision, Jobs, ConfigMaps,
@@ -118,7 +123,8 @@ pub fn init_logging(cli: &Cli) {
 pub async fn run(cli: Cli) -> Result<ExitCode, Error> {
     match cli.command {
         Command::Crd(args) => crd::run(&args),
-        Command::Plan(args) => Ok(plan::run(&args)?),
+        Command::Plan(args) => Ok(plan::run(&args).await?),
+        Command::Run(args) => Ok(run::run(&args).await?),
         Command::Resolve(args) => resolve::run(&args).await,
         Command::CacheCheck(args) => cache_check::run(&args).await,
         Command::Verify(args) => verify::run(&args).await,

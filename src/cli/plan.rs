@@ -1,7 +1,11 @@
-//! `kinoite-zfs-operator plan -f BUILD.yaml --inputs build-inputs.json`: what a run of this
-//! build would do, without a cluster. It runs the controller's own planner with the given
-//! inputs standing in for the registry, so the Jobs, ConfigMaps and tags it prints are exactly
-//! what the controller would create.
+//! `kinoite-zfs-operator plan -f BUILD.yaml [--inputs build-inputs.json | --lock LOCK]`: what a
+//! run of this build would do, without a cluster. It runs the controller's own planner, so the
+//! Jobs, ConfigMaps and tags it prints are exactly what the controller would create.
+//!
+//! With `--inputs` it works offline: the file stands in for resolution, and `--cache` for the
+//! cache decision. Without `--inputs` it reads the registries like the controller does (same
+//! executor): it resolves the inputs (replaying `--lock LOCK` when given) and decides whether the
+//! akmods cache covers them, with `--registry-config` credentials.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -13,15 +17,17 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use super::common::OutputFormat;
+use super::common::{OutputFormat, RegistryArgs};
 use crate::api::ZfsImageBuild;
 use crate::api::build::{AkmodsDecision, BuildMode, CacheCheckMethod, CacheStatus, ResolvedInputs, RunPhase};
-use crate::controllers::build::observed::ObservedCluster;
+use crate::controllers::build::executor::Executor;
+use crate::controllers::build::observed::{ObservedCluster, observe_lock};
 use crate::controllers::build::plan::{Child, ControllerConfig, PlanInput, plan};
-use crate::controllers::build::work::{CacheVerdict, RegistryResults, RegistryWork, WorkOutcome};
+use crate::controllers::build::work::{CacheVerdict, LockRequest, RegistryResults, RegistryWork, WorkOutcome};
 use crate::jobs::render::is_pinned;
 use crate::jobs::result::is_digest;
 use crate::pipeline::targets::run_targets;
+use crate::registry::OciRegistry;
 
 /// Default image of the `install-builder` init container in printed Jobs.
 const DEFAULT_TOOLS_IMAGE: &str = "ghcr.io/kinoite-zfs/kinoite-zfs-operator:latest";
@@ -39,12 +45,8 @@ pub enum Error {
     Build { path: PathBuf, message: String },
     #[error("{path} is not a build-inputs document: {message}")]
     Inputs { path: PathBuf, message: String },
-    #[error(
-        "--lock needs the registry to resolve the lock's inputs and `plan` resolves nothing: run `kinoite-zfs-operator resolve --lock FILE > inputs.json` and pass --inputs inputs.json"
-    )]
-    LockUnsupported,
-    #[error("pass --inputs FILE (a build-inputs.json); `plan` resolves nothing itself")]
-    NoInputs,
+    #[error(transparent)]
+    Registry(#[from] crate::registry::Error),
     #[error("--cache must be `missing` or an image pinned by digest (NAME@sha256:...), not {0:?}")]
     Cache(String),
     #[error("--now {0:?} is not an RFC 3339 time")]
@@ -62,20 +64,24 @@ pub struct PlanArgs {
     #[arg(short = 'f', long = "file", value_name = "BUILD.yaml")]
     pub file: PathBuf,
 
-    /// Resolved inputs: a build-inputs.json (from a run record or `resolve`).
+    /// Resolved inputs: a build-inputs.json (from a run record or `resolve`). Offline: nothing
+    /// is read from a registry.
     #[arg(long, value_name = "FILE", conflicts_with = "lock")]
     pub inputs: Option<PathBuf>,
 
-    /// A replay lock: refused, since `plan` resolves nothing (use `resolve --lock FILE`, then
-    /// `--inputs`).
+    /// A replay lock (the reference lock schema, R14) to resolve from the registry instead of
+    /// the build's own inputs; it stands in for `spec.inputLock`.
     #[arg(long, value_name = "LOCK")]
     pub lock: Option<PathBuf>,
 
-    /// The akmods cache decision to assume, since `plan` does not check the registry:
-    /// `missing` (the cache does not cover the kernels) or `NAME@sha256:...` (this cache image
-    /// covers them). Without it the plan stops at the cache decision.
+    /// The akmods cache decision to assume instead of asking the registry: `missing` (the cache
+    /// does not cover the kernels) or `NAME@sha256:...` (this cache image covers them). Offline
+    /// (`--inputs`) without it, the plan stops at the cache decision.
     #[arg(long, value_name = "missing|IMAGE@DIGEST")]
     pub cache: Option<String>,
+
+    #[command(flatten)]
+    pub registry: RegistryArgs,
 
     /// Image of the builder entrypoint (the operator image) in the printed Jobs.
     #[arg(long, value_name = "IMAGE", default_value = DEFAULT_TOOLS_IMAGE)]
@@ -148,8 +154,12 @@ struct RunView {
     message: Option<String>,
 }
 
-pub fn run(args: &PlanArgs) -> Result<ExitCode, Error> {
-    let output = build_plan(args)?;
+/// Exit code when registry failures kept the plan from getting as far as a run would (the plan is
+/// still printed; the reason is on stderr).
+pub const EXIT_REGISTRY_FAILED: u8 = 2;
+
+pub async fn run(args: &PlanArgs) -> Result<ExitCode, Error> {
+    let (output, failure) = build_plan(args).await?;
     let text = match args.output {
         OutputFormat::Yaml => serde_saphyr::to_string(&output).map_err(|e| Error::Render(e.to_string()))?,
         OutputFormat::Json => {
@@ -159,7 +169,13 @@ pub fn run(args: &PlanArgs) -> Result<ExitCode, Error> {
         }
     };
     std::io::stdout().write_all(text.as_bytes()).map_err(Error::Stdout)?;
-    Ok(ExitCode::SUCCESS)
+    match failure {
+        Some(message) => {
+            eprintln!("plan: stopped by a registry failure: {message}");
+            Ok(ExitCode::from(EXIT_REGISTRY_FAILED))
+        }
+        None => Ok(ExitCode::SUCCESS),
+    }
 }
 
 fn read(path: &Path) -> Result<String, Error> {
@@ -228,13 +244,40 @@ enum AssumedCache {
     Covers(String),
 }
 
-fn build_plan(args: &PlanArgs) -> Result<Output, Error> {
-    if args.lock.is_some() {
-        return Err(Error::LockUnsupported);
+/// Where registry work is answered from: files and assumptions (offline), or the registry.
+struct Sources {
+    inputs: Option<ResolvedInputs>,
+    cache: AssumedCache,
+    /// `--lock`: path and text.
+    lock: Option<(String, String)>,
+    /// The controller's executor and a client with `--registry-config` (registry mode).
+    online: Option<(Executor, OciRegistry)>,
+}
+
+impl Sources {
+    async fn answer(&self, work: &RegistryWork) -> Option<WorkOutcome> {
+        if let Some(outcome) = offline_answer(work, self.inputs.as_ref(), &self.cache) {
+            return Some(outcome);
+        }
+        let (executor, registry) = self.online.as_ref()?;
+        match work {
+            RegistryWork::Resolve(request) => {
+                let mut request = request.clone();
+                if let Some((path, json)) = &self.lock {
+                    request.lock = Some(LockRequest { path: path.clone(), json: json.clone() });
+                }
+                Some(executor.execute(registry, &RegistryWork::Resolve(request)).await)
+            }
+            RegistryWork::CheckCache(_) => Some(executor.execute(registry, work).await),
+            // Confirmations and verification need a finished builder Job: never in a plan.
+            _ => None,
+        }
     }
-    let inputs_path = args.inputs.as_deref().ok_or(Error::NoInputs)?;
+}
+
+async fn build_plan(args: &PlanArgs) -> Result<(Output, Option<String>), Error> {
     let build = load_build(&args.file)?;
-    let inputs = load_inputs(inputs_path)?;
+    let inputs = args.inputs.as_deref().map(load_inputs).transpose()?;
     let cache = match args.cache.as_deref() {
         None => AssumedCache::Unknown,
         Some("missing") => AssumedCache::Missing,
@@ -245,21 +288,49 @@ fn build_plan(args: &PlanArgs) -> Result<Output, Error> {
         Some(text) => text.parse::<Timestamp>().map_err(|_| Error::Now(text.clone()))?,
         None => Timestamp::now(),
     };
+    let lock = match &args.lock {
+        Some(path) => Some((path.display().to_string(), read(path)?)),
+        None => None,
+    };
+    let online = match inputs {
+        Some(_) => None,
+        None => Some((Executor::new(), OciRegistry::from_args(&args.registry)?)),
+    };
+    let offline = online.is_none();
     let config = ControllerConfig { tools_image: args.tools_image.clone(), retry: Default::default() };
-    let cluster = ObservedCluster::default();
+    let mut cluster = ObservedCluster::default();
+    // A lock file stands in for the ConfigMap a build's `inputLock.configMapRef` names.
+    if let Some((_, json)) = &lock {
+        cluster.lock = observe_lock(
+            build.spec.input_lock.as_ref(),
+            Some(&ConfigMap {
+                data: build
+                    .spec
+                    .input_lock
+                    .as_ref()
+                    .and_then(|l| l.config_map_ref.as_ref())
+                    .map(|r| [(r.key.clone(), json.clone())].into_iter().collect()),
+                ..Default::default()
+            }),
+        );
+    }
+    let sources = Sources { inputs, cache, lock, online };
     let mut results = RegistryResults::default();
     let mut notes = Vec::new();
     let mut pending = Vec::new();
+    let mut failure = None;
 
-    // The controller's loop, with the inputs file and the assumed cache standing in for the
-    // registry; work nobody can answer offline ends the loop and is reported.
+    // The controller's loop; work nobody can answer here ends it and is reported.
     let mut planned = plan(&PlanInput { build: &build, cluster: &cluster, registry: &results, config: &config, now });
     for _ in 0..8 {
         let mut answered = false;
         pending.clear();
         for work in &planned.registry_work {
-            match offline_answer(work, &inputs, &cache) {
+            match sources.answer(work).await {
                 Some(outcome) => {
+                    if let WorkOutcome::Failed(f) = &outcome {
+                        failure = Some(format!("{}: {}", work.kind(), f.message));
+                    }
                     results.record(work.clone(), outcome, now);
                     answered = true;
                 }
@@ -271,6 +342,8 @@ fn build_plan(args: &PlanArgs) -> Result<Output, Error> {
         }
         planned = plan(&PlanInput { build: &build, cluster: &cluster, registry: &results, config: &config, now });
     }
+    let inputs = sources.inputs.as_ref();
+    let cache = &sources.cache;
 
     let status = &planned.status;
     let run = status.current_run.as_ref();
@@ -283,7 +356,9 @@ fn build_plan(args: &PlanArgs) -> Result<Output, Error> {
         }
     }
     let spec = &build.spec;
-    if inputs.base_image_ref != spec.base_image {
+    if let Some(inputs) = inputs
+        && inputs.base_image_ref != spec.base_image
+    {
         notes.push(format!(
             "the inputs were resolved from {} but the build follows {}",
             inputs.base_image_ref, spec.base_image
@@ -296,7 +371,7 @@ fn build_plan(args: &PlanArgs) -> Result<Output, Error> {
                     .into(),
             );
         }
-        if run.phase == RunPhase::CheckingCache && matches!(cache, AssumedCache::Unknown) {
+        if run.phase == RunPhase::CheckingCache && offline && matches!(cache, AssumedCache::Unknown) {
             notes.push(
                 "the akmods cache decision needs the registry; pass --cache missing or --cache NAME@sha256:...".into(),
             );
@@ -316,7 +391,7 @@ fn build_plan(args: &PlanArgs) -> Result<Output, Error> {
     if spec.mode == BuildMode::Validate {
         notes.push("Validate mode pushes nothing and mounts no credentials".into());
     }
-    Ok(Output {
+    let output = Output {
         build: format!(
             "{}/{}",
             build.metadata.namespace.as_deref().unwrap_or_default(),
@@ -337,12 +412,13 @@ fn build_plan(args: &PlanArgs) -> Result<Output, Error> {
         config_maps,
         jobs,
         notes,
-    })
+    };
+    Ok((output, failure))
 }
 
-fn offline_answer(work: &RegistryWork, inputs: &ResolvedInputs, cache: &AssumedCache) -> Option<WorkOutcome> {
+fn offline_answer(work: &RegistryWork, inputs: Option<&ResolvedInputs>, cache: &AssumedCache) -> Option<WorkOutcome> {
     match (work, cache) {
-        (RegistryWork::Resolve(_), _) => Some(WorkOutcome::Resolved(Box::new(inputs.clone()))),
+        (RegistryWork::Resolve(_), _) => inputs.map(|i| WorkOutcome::Resolved(Box::new(i.clone()))),
         (RegistryWork::CheckCache(req), AssumedCache::Missing) => Some(WorkOutcome::Cache(CacheVerdict {
             status: CacheStatus::MissingImage,
             missing_kernels: req.kernel_releases.clone(),

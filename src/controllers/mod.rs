@@ -2,4 +2,5 @@
 
 pub mod build;
 pub mod conditions;
+pub mod metrics;
 pub mod promotion;

@@ -477,9 +477,17 @@ where
     let parallel = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, MAX_PARALLEL_LAYERS);
     // Layers are read (downloaded, verified, decompressed, parsed) `parallel` at a time and
     // applied strictly in manifest order; the first failing layer in that order is the error.
-    let mut reads = futures::stream::iter(plan)
-        .map(|(compression, layer)| read_layer(registry, repository, layer, compression, reader.clone()))
-        .buffered(parallel);
+    // The reads are made up front (futures do nothing until polled) and boxed as `dyn Future +
+    // Send`: a stream that keeps a closure returning borrowing futures cannot be proven Send for
+    // every lifetime (rust-lang/rust#102211), and callers that spawn the scan (the controller's
+    // reconcile) would not compile.
+    let reads: Vec<LayerRead<'_>> = plan
+        .into_iter()
+        .map(|(compression, layer)| {
+            Box::pin(read_layer(registry, repository, layer, compression, reader.clone())) as LayerRead<'_>
+        })
+        .collect();
+    let mut reads = futures::stream::iter(reads).buffered(parallel);
     let mut bytes_read = 0;
     while let Some(read) = reads.next().await {
         let (changes, bytes) = read?;
@@ -488,6 +496,10 @@ where
     }
     Ok(merger.finish(bytes_read))
 }
+
+/// One layer's read in flight.
+type LayerRead<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(LayerChanges, u64), Error>> + Send + 'a>>;
 
 /// Aborts a spawned task when dropped: a layer read that is given up (an earlier layer failed)
 /// stops downloading.
@@ -555,6 +567,19 @@ async fn read_layer<R: RegistryClient + ?Sized>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Compile-time check (never run): a scan can be spawned on a task that owns its inputs, as
+    /// the controller's reconcile does; see the comment on the boxed reads in `scan_layers`.
+    #[allow(dead_code)]
+    fn scan_is_spawnable(
+        registry: Arc<crate::registry::OciRegistry>,
+        repository: ImageRef,
+        layers: Vec<OciDescriptor>,
+    ) {
+        tokio::spawn(async move {
+            let _ = scan_layers(&*registry, &repository, &layers, |_| true).await;
+        });
+    }
 
     /// A tar for tests from (path, kind): `f` file, `d` dir, `h:T` hard link to T, `s:T` symlink
     /// to T. Names are written raw, so tests can use `./`, absolute and `..` names as found in

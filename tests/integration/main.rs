@@ -7,6 +7,7 @@ mod support;
 
 mod apisim;
 mod cache_check;
+mod controller;
 mod crds;
 mod examples;
 mod layer_walker;

@@ -1,0 +1,84 @@
+//! `kinoite-zfs-operator run`: the operator. Connects with the in-cluster config or the
+//! kubeconfig (`KUBECONFIG`, `~/.kube/config`), runs the `ZfsImageBuild` controller, serves
+//! `/healthz`, `/readyz` and `/metrics`, and shuts down gracefully on SIGTERM or Ctrl-C.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Args;
+
+use super::common::RegistryArgs;
+use crate::controllers::build::controller::{Settings as BuildSettings, system_clock};
+use crate::controllers::build::work::RetryPolicy;
+use crate::operator::{self, Operator, Settings};
+use crate::registry::{self, ClientPool, CredentialSet};
+
+/// Image of the `install-builder` init container when neither `--tools-image` nor
+/// `KZO_TOOLS_IMAGE` is given. Deployments should pin the operator image by digest.
+pub const DEFAULT_TOOLS_IMAGE: &str = "ghcr.io/kinoite-zfs/kinoite-zfs-operator:latest";
+
+/// Errors of `run`.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot connect to Kubernetes (in-cluster config or KUBECONFIG): {0}")]
+    Connect(#[source] kube::Error),
+    #[error(transparent)]
+    Registry(#[from] registry::Error),
+    #[error(transparent)]
+    Operator(#[from] operator::Error),
+    #[error("cannot install the signal handler: {0}")]
+    Signal(#[source] std::io::Error),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+
+    /// Address of `/healthz`, `/readyz` and `/metrics`.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8080", env = "KZO_HTTP_ADDRESS")]
+    pub http_address: SocketAddr,
+
+    /// Operator image (by digest) that provides the builder entrypoint in builder Jobs.
+    #[arg(long, value_name = "IMAGE", default_value = DEFAULT_TOOLS_IMAGE, env = "KZO_TOOLS_IMAGE")]
+    pub tools_image: String,
+
+    /// Watch only this namespace (default: every namespace).
+    #[arg(long, value_name = "NAMESPACE", env = "KZO_NAMESPACE")]
+    pub namespace: Option<String>,
+
+    /// Builds reconciled at the same time.
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: u16,
+}
+
+pub async fn run(args: &RunArgs) -> Result<ExitCode, Error> {
+    // Install the handlers first: a SIGTERM during startup must not kill the process mid-write.
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(Error::Signal)?;
+    let client = kube::Client::try_default().await.map_err(Error::Connect)?;
+    let pool = Arc::new(ClientPool::from_args(&args.registry)?);
+    let default_credentials = match &args.registry.registry_config {
+        Some(path) => CredentialSet::from_file(path).map_err(registry::Error::from)?,
+        None => CredentialSet::anonymous(),
+    };
+    let settings = Settings {
+        http_address: args.http_address,
+        build: BuildSettings {
+            tools_image: args.tools_image.clone(),
+            retry: RetryPolicy::default(),
+            concurrency: args.concurrency,
+            namespace: args.namespace.clone(),
+            default_credentials,
+            clock: system_clock(),
+        },
+    };
+    let operator = Operator::start(client, settings, pool).await?;
+    tokio::select! {
+        _ = terminate.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: shutting down"),
+    }
+    operator.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
