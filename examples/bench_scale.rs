@@ -15,7 +15,7 @@
 //! by cross-repository mount plus the ZFS delta) and completes the Job with the result document.
 
 #[path = "../tests/support/mod.rs"]
-#[allow(unused_imports, dead_code)]
+#[allow(unused_imports)]
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -1,5 +1,6 @@
 //! `kinoite-zfs-operator run`: the operator. Connects with the in-cluster config or the
-//! kubeconfig (`KUBECONFIG`, `~/.kube/config`), runs the `ZfsImageBuild` controller, serves
+//! kubeconfig (`KUBECONFIG`, `~/.kube/config`), runs the `ZfsImageBuild` and `Promotion`
+//! controllers, serves
 //! `/healthz`, `/readyz` and `/metrics`, and shuts down gracefully on SIGTERM or Ctrl-C.
 
 use std::net::SocketAddr;
@@ -9,8 +10,10 @@ use std::sync::Arc;
 use clap::Args;
 
 use super::common::RegistryArgs;
-use crate::controllers::build::controller::{Settings as BuildSettings, system_clock};
+use crate::controllers::build::controller::Settings as BuildSettings;
 use crate::controllers::build::work::RetryPolicy;
+use crate::controllers::promotion::controller::{Settings as PromotionSettings, Timing};
+use crate::controllers::system_clock;
 use crate::operator::{self, Operator, Settings};
 use crate::registry::{self, ClientPool, CredentialSet};
 
@@ -48,7 +51,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "NAMESPACE", env = "KZO_NAMESPACE")]
     pub namespace: Option<String>,
 
-    /// Builds reconciled at the same time.
+    /// Builds reconciled at the same time (and, separately, Promotions reconciled at the same time).
     #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
     pub concurrency: u16,
 }
@@ -70,8 +73,15 @@ pub async fn run(args: &RunArgs) -> Result<ExitCode, Error> {
             retry: RetryPolicy::default(),
             concurrency: args.concurrency,
             namespace: args.namespace.clone(),
+            default_credentials: default_credentials.clone(),
+            clock: system_clock(),
+        },
+        promotion: PromotionSettings {
+            concurrency: args.concurrency,
+            namespace: args.namespace.clone(),
             default_credentials,
             clock: system_clock(),
+            timing: Timing::default(),
         },
     };
     let operator = Operator::start(client, settings, pool).await?;

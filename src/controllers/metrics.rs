@@ -7,6 +7,7 @@
 //! | `kzo_reconcile_duration_seconds` | `controller` | reconcile duration (histogram) |
 //! | `kzo_runs_started_total` | `trigger` | runs started |
 //! | `kzo_runs_finished_total` | `outcome`, `reason` | runs that ended (`succeeded`, `failed`, `superseded`) |
+//! | `kzo_promotion_events_total` | `reason` | Promotion transitions (`PromotionStarted`, `Promoted`, `PromotionStalled`, `RegistryUnavailable`) |
 //! | `kzo_registry_work_total` | `work`, `outcome` | registry work items done by the controller |
 //! | `kzo_registry_requests_total` | `result` | registry HTTP answers by class (the client pool's counters) |
 //! | `kzo_builds` | | `ZfsImageBuild`s in the controller's cache |
@@ -41,6 +42,7 @@ pub struct Metrics {
     runs_started: Family<Labels, Counter>,
     runs_finished: Family<Labels, Counter>,
     registry_work: Family<Labels, Counter>,
+    promotion_events: Family<Labels, Counter>,
     builds: BuildCount,
 }
 
@@ -83,6 +85,12 @@ impl Metrics {
             "Registry work done by the controller (resolve, check-cache, confirm-akmods, confirm-image, verify), by outcome",
             registry_work.clone(),
         );
+        let promotion_events = Family::<Labels, Counter>::default();
+        registry.register(
+            "kzo_promotion_events",
+            "Promotion transitions (PromotionStarted, Promoted, PromotionStalled, RegistryUnavailable), by reason",
+            promotion_events.clone(),
+        );
         let builds = BuildCount::default();
         registry.register_collector(Box::new(Snapshot { requests, builds: builds.clone() }));
         Metrics {
@@ -93,6 +101,7 @@ impl Metrics {
             runs_started,
             runs_finished,
             registry_work,
+            promotion_events,
             builds,
         }
     }
@@ -121,6 +130,10 @@ impl Metrics {
         self.registry_work.get_or_create(&labels(&[("work", work), ("outcome", outcome)])).inc();
     }
 
+    pub fn promotion_event(&self, reason: &str) {
+        self.promotion_events.get_or_create(&labels(&[("reason", reason)])).inc();
+    }
+
     /// `kzo_builds` reads `count` at every scrape.
     pub fn count_builds_with(&self, count: impl Fn() -> usize + Send + Sync + 'static) {
         *self.builds.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(count));
@@ -134,6 +147,22 @@ impl Metrics {
             tracing::error!(error = %e, "cannot encode the metrics");
         }
         text
+    }
+}
+
+/// A bounded label for `kzo_reconcile_errors_total{kind}` of a Kubernetes API error.
+pub fn api_error_kind(error: &kube::Error) -> &'static str {
+    match error {
+        kube::Error::Api(status) => match status.code {
+            409 => "conflict",
+            403 => "forbidden",
+            404 => "not_found",
+            400 | 422 => "invalid",
+            429 => "throttled",
+            500..=599 => "server",
+            _ => "api",
+        },
+        _ => "transport",
     }
 }
 

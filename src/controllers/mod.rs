@@ -4,3 +4,16 @@ pub mod build;
 pub mod conditions;
 pub mod metrics;
 pub mod promotion;
+
+use std::sync::Arc;
+
+use k8s_openapi::jiff::Timestamp;
+
+/// Where "now" comes from. Production reads the system clock; tests move time themselves. The
+/// planners never read a clock: the reconciles pass this value in.
+pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
+
+/// The system clock.
+pub fn system_clock() -> Clock {
+    Arc::new(Timestamp::now)
+}

@@ -1,5 +1,5 @@
-//! The operator process (`kinoite-zfs-operator run`): the build controller, the registry client
-//! pool, the health and metrics endpoints, and graceful shutdown. Tests start the same thing
+//! The operator process (`kinoite-zfs-operator run`): the build and promotion controllers, the
+//! registry client pool, the health and metrics endpoints, and graceful shutdown. Tests start the same thing
 //! in-process with [`Operator::start`] against the Kubernetes API simulator.
 
 pub mod http;
@@ -11,8 +11,9 @@ use std::sync::atomic::Ordering;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::controllers::build::controller::{self, Settings as BuildSettings};
+use crate::controllers::build::controller::{self as build, Settings as BuildSettings};
 use crate::controllers::metrics::Metrics;
+use crate::controllers::promotion::controller::{self as promotion, Settings as PromotionSettings};
 use crate::registry::ClientPool;
 
 /// Errors of starting the operator.
@@ -32,6 +33,7 @@ pub struct Settings {
     /// Address of `/healthz`, `/readyz` and `/metrics`.
     pub http_address: SocketAddr,
     pub build: BuildSettings,
+    pub promotion: PromotionSettings,
 }
 
 /// A running operator.
@@ -39,13 +41,14 @@ pub struct Operator {
     http_address: SocketAddr,
     state: Arc<http::State>,
     shutdown: watch::Sender<bool>,
-    resync: mpsc::UnboundedSender<()>,
-    controller: JoinHandle<()>,
+    /// One resync channel per controller.
+    resync: [mpsc::UnboundedSender<()>; 2],
+    controllers: [JoinHandle<()>; 2],
     server: JoinHandle<()>,
 }
 
 impl Operator {
-    /// Starts the controller and the endpoints on the current tokio runtime.
+    /// Starts the controllers and the endpoints on the current tokio runtime.
     pub async fn start(client: kube::Client, settings: Settings, pool: Arc<ClientPool>) -> Result<Operator, Error> {
         let listener = http::bind(settings.http_address)
             .await
@@ -54,32 +57,41 @@ impl Operator {
         let metrics = Arc::new(Metrics::new(pool.counters().clone()));
         let state = Arc::new(http::State { ready: Default::default(), metrics: metrics.clone() });
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let (resync, resync_rx) = mpsc::unbounded_channel();
+        let (build_resync, build_resync_rx) = mpsc::unbounded_channel();
+        let (promotion_resync, promotion_resync_rx) = mpsc::unbounded_channel();
 
-        let running = controller::start(
-            client,
+        let builds = build::start(
+            client.clone(),
             settings.build,
+            pool.clone(),
+            metrics.clone(),
+            stopped(shutdown_rx.clone()),
+            receiver_stream(build_resync_rx),
+        );
+        let promotions = promotion::start(
+            client,
+            settings.promotion,
             pool,
             metrics,
             stopped(shutdown_rx.clone()),
-            futures::stream::unfold(resync_rx, |mut rx| async move { rx.recv().await.map(|()| ((), rx)) }),
+            receiver_stream(promotion_resync_rx),
         );
-        let caches = running.caches.clone();
+        let (build_caches, promotion_caches) = (builds.caches.clone(), promotions.caches.clone());
         let ready_state = state.clone();
         let mut ready_shutdown = shutdown_rx.clone();
         tokio::spawn(async move {
             tokio::select! {
-                _ = caches.synced() => {
+                _ = futures::future::join(build_caches.synced(), promotion_caches.synced()) => {
                     ready_state.ready.store(true, Ordering::Release);
                     tracing::info!("caches synced: ready");
                 }
                 _ = ready_shutdown.wait_for(|stop| *stop) => {}
             }
         });
-        let controller = tokio::spawn(running.task);
+        let controllers = [tokio::spawn(builds.task), tokio::spawn(promotions.task)];
         let server = tokio::spawn(http::serve(listener, state.clone(), stopped(shutdown_rx)));
         tracing::info!(%http_address, "operator started");
-        Ok(Operator { http_address, state, shutdown, resync, controller, server })
+        Ok(Operator { http_address, state, shutdown, resync: [build_resync, promotion_resync], controllers, server })
     }
 
     /// Where `/healthz`, `/readyz` and `/metrics` are served.
@@ -92,24 +104,31 @@ impl Operator {
         self.state.ready.load(Ordering::Acquire)
     }
 
-    /// Reconciles every build now (tests move their clock, then resync).
+    /// Reconciles every build and Promotion now (tests move their clock, then resync).
     pub fn resync(&self) {
-        let _ = self.resync.send(());
+        for resync in &self.resync {
+            let _ = resync.send(());
+        }
     }
 
     /// Graceful shutdown: no new reconciles start, the ones in flight finish, the endpoints stop.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         self.state.ready.store(false, Ordering::Release);
-        let _ = self.controller.await;
+        for controller in self.controllers {
+            let _ = controller.await;
+        }
         let _ = self.server.await;
         tracing::info!("operator stopped");
     }
 }
 
+/// The resync requests of one controller as a stream.
+fn receiver_stream(rx: mpsc::UnboundedReceiver<()>) -> impl futures::Stream<Item = ()> + Send + 'static {
+    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|()| ((), rx)) })
+}
+
 /// Resolves once `shutdown` says stop.
-fn stopped(mut shutdown: watch::Receiver<bool>) -> impl std::future::Future<Output = ()> + Send + Sync + 'static {
-    async move {
-        let _ = shutdown.wait_for(|stop| *stop).await;
-    }
+async fn stopped(mut shutdown: watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
 }

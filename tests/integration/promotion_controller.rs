@@ -24,8 +24,9 @@ use crate::support::{init, skopeo};
 use kinoite_zfs_operator::api::promotion::{PromotionStatus, StepState};
 use kinoite_zfs_operator::api::{Promotion, ZfsImageBuild};
 use kinoite_zfs_operator::controllers::conditions::find;
+use kinoite_zfs_operator::controllers::metrics::Metrics;
 use kinoite_zfs_operator::controllers::promotion::controller::{self, Settings, Timing, system_clock};
-use kinoite_zfs_operator::registry::{ClientPool, CredentialSet, RetryPolicy};
+use kinoite_zfs_operator::registry::{ClientPool, CredentialSet, RequestCounters, RetryPolicy};
 
 const NS: &str = "kz";
 const REV: &str = "02701fe0000000000000000000000000000000ab";
@@ -111,7 +112,9 @@ impl World {
         let stopped = async move {
             let _ = rx.wait_for(|stop| *stop).await;
         };
-        let running = controller::start(self.client.clone(), settings, pool, stopped, futures::stream::pending());
+        let metrics = Arc::new(Metrics::new(Arc::new(RequestCounters::new())));
+        let running =
+            controller::start(self.client.clone(), settings, pool, metrics, stopped, futures::stream::pending());
         RunningController { shutdown, task: tokio::spawn(running.task) }
     }
 

@@ -32,14 +32,7 @@ use crate::registry::{ClientPool, CredentialSet};
 /// Name of this controller in metrics, logs and as the Events' reporting controller.
 pub const CONTROLLER: &str = "zfsimagebuild";
 
-/// Where "now" comes from. Production reads the system clock; tests move time themselves. The
-/// planner never reads a clock: the reconcile passes this value in.
-pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
-
-/// The system clock.
-pub fn system_clock() -> Clock {
-    Arc::new(Timestamp::now)
-}
+pub use crate::controllers::{Clock, system_clock};
 
 /// Settings of the build controller.
 #[derive(Clone)]
@@ -78,16 +71,7 @@ impl Error {
     /// A bounded label for `kzo_reconcile_errors_total{kind}`.
     pub fn kind(&self) -> &'static str {
         match self {
-            Error::Kube(kube::Error::Api(status)) => match status.code {
-                409 => "conflict",
-                403 => "forbidden",
-                404 => "not_found",
-                400 | 422 => "invalid",
-                429 => "throttled",
-                500..=599 => "server",
-                _ => "api",
-            },
-            Error::Kube(_) => "transport",
+            Error::Kube(e) => crate::controllers::metrics::api_error_kind(e),
             Error::Metadata(_) => "metadata",
             Error::Serialize { .. } => "serialize",
         }

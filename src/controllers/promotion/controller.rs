@@ -24,19 +24,13 @@ use super::reasons;
 use super::reconcile;
 use crate::api::{Promotion, ZfsImageBuild};
 use crate::controllers::conditions;
+use crate::controllers::metrics::Metrics;
 use crate::registry::{ClientPool, CredentialSet};
 
-/// Name of this controller in logs.
+/// Name of this controller in metrics and logs.
 pub const CONTROLLER: &str = "promotion";
 
-/// Where "now" comes from. Production reads the system clock; tests set their own. The pure
-/// code never reads a clock: the reconcile passes this value in.
-pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
-
-/// The system clock.
-pub fn system_clock() -> Clock {
-    Arc::new(Timestamp::now)
-}
+pub use crate::controllers::{Clock, system_clock};
 
 /// Retry timing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,6 +87,17 @@ pub enum Error {
     Serialize(#[source] serde_json::Error),
 }
 
+impl Error {
+    /// A bounded label for `kzo_reconcile_errors_total{kind}`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Kube(e) => crate::controllers::metrics::api_error_kind(e),
+            Error::Metadata(_) => "metadata",
+            Error::Serialize(_) => "serialize",
+        }
+    }
+}
+
 /// The caches the observe step reads.
 #[derive(Clone)]
 pub struct Caches {
@@ -113,6 +118,7 @@ pub struct Context {
     pub(super) client: Client,
     pub(super) caches: Caches,
     pub(super) pool: Arc<ClientPool>,
+    pub(super) metrics: Arc<Metrics>,
     pub(super) recorder: Recorder,
     pub(super) default_credentials: CredentialSet,
     pub(super) clock: Clock,
@@ -154,6 +160,7 @@ pub fn start(
     client: Client,
     settings: Settings,
     pool: Arc<ClientPool>,
+    metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
     resync: impl Stream<Item = ()> + Send + 'static,
 ) -> Running {
@@ -187,6 +194,7 @@ pub fn start(
         client: client.clone(),
         caches: caches.clone(),
         pool,
+        metrics,
         recorder: Recorder::new(client, Reporter { controller: "kinoite-zfs-operator".into(), instance: None }),
         default_credentials: settings.default_credentials,
         clock: settings.clock,
@@ -254,6 +262,7 @@ where
 /// A failed reconcile (Kubernetes API errors) is retried with backoff per Promotion, never in a
 /// hot loop.
 fn error_policy(promotion: Arc<Promotion>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_failed(CONTROLLER, error.kind());
     let attempts = ctx.failed(&promotion.uid().unwrap_or_default());
     let delay = ctx.timing.backoff(attempts);
     tracing::warn!(

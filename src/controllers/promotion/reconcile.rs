@@ -3,7 +3,7 @@
 //! status → Events → requeue.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -16,7 +16,7 @@ use serde_json::json;
 use tracing::{debug, info, warn};
 
 use super::claims::{Claim, conflict};
-use super::controller::{Context, Error};
+use super::controller::{CONTROLLER, Context, Error};
 use super::drive::{Begin, Driven, Journal, drive};
 use super::plan::{Decision, Input, Outcome, decide, events, next_status};
 use super::reasons;
@@ -37,6 +37,8 @@ const DOCKER_CONFIG_KEY: &str = ".dockerconfigjson";
 const AFTER_PROMOTION: Duration = Duration::from_secs(1);
 
 pub(super) async fn reconcile(cached: Arc<Promotion>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    ctx.metrics.reconcile_started(CONTROLLER);
     let namespace = cached.namespace().unwrap_or_default();
     let name = cached.name_any();
     let span = tracing::info_span!(
@@ -47,6 +49,7 @@ pub(super) async fn reconcile(cached: Arc<Promotion>, ctx: Arc<Context>) -> Resu
         generation = tracing::field::Empty
     );
     let result = tracing::Instrument::instrument(reconcile_promotion(&namespace, &name, &ctx), span).await;
+    ctx.metrics.reconcile_duration(CONTROLLER, started.elapsed().as_secs_f64());
     if let (Ok(Reconciled::Settled | Reconciled::SettledAfter(_)), Some(uid)) = (&result, cached.uid()) {
         ctx.succeeded(&uid);
     }
@@ -283,6 +286,7 @@ impl Journal for StatusJournal<'_> {
         let reference = self.promotion.object_ref(&());
         for event in events(&self.status, &next) {
             info!(reason = event.reason, note = %event.note, "event");
+            self.ctx.metrics.promotion_event(event.reason);
             let published = Event {
                 type_: if event.warning { EventType::Warning } else { EventType::Normal },
                 reason: event.reason.to_string(),

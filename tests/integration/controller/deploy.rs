@@ -9,16 +9,20 @@ use serde::de::DeserializeOwned;
 
 use kinoite_zfs_operator::cli::Cli;
 
-/// The operator's API calls: (API group, resource, verb). Reads and watches of the caches
-/// (controller.rs), the fresh build read, status write, children apply/delete, live pod list,
-/// lock ConfigMap and Secret reads (reconcile.rs), and Events (kube's Recorder).
+/// The operator's API calls: (API group, resource, verb). Build controller: reads and watches
+/// of the caches (controller.rs), the fresh build read, status write, children apply/delete,
+/// live pod list, lock ConfigMap and Secret reads (reconcile.rs). Promotion controller: its
+/// watches, the fresh Promotion read, a build read when the cache misses it, its status write,
+/// the run-record list, Secret reads (promotion/reconcile.rs). Events (kube's Recorder).
 const CALLS: &[(&str, &str, &str)] = &[
     ("kinoite-zfs.io", "zfsimagebuilds", "get"),
     ("kinoite-zfs.io", "zfsimagebuilds", "list"),
     ("kinoite-zfs.io", "zfsimagebuilds", "watch"),
     ("kinoite-zfs.io", "zfsimagebuilds/status", "patch"),
+    ("kinoite-zfs.io", "promotions", "get"),
     ("kinoite-zfs.io", "promotions", "list"),
     ("kinoite-zfs.io", "promotions", "watch"),
+    ("kinoite-zfs.io", "promotions/status", "patch"),
     ("batch", "jobs", "list"),
     ("batch", "jobs", "watch"),
     ("batch", "jobs", "create"),

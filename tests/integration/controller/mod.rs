@@ -1,5 +1,5 @@
-//! End-to-end tests of the `ZfsImageBuild` controller: the real controller (in-process through
-//! `operator::Operator`, and the `run` binary) against the Kubernetes API simulator and the
+//! End-to-end tests of the operator (the `ZfsImageBuild` controller, and with it the `Promotion`
+//! controller): the real controllers (in-process through `operator::Operator`, and the `run` binary) against the Kubernetes API simulator and the
 //! `docker-registry` fixture behind htpasswd auth, with per-build credentials from a
 //! `kubernetes.io/dockerconfigjson` Secret.
 //!
@@ -13,6 +13,7 @@ mod binary;
 mod deploy;
 mod failures;
 mod plan;
+mod promotion;
 mod runs;
 
 use std::sync::{Arc, Mutex};
@@ -35,6 +36,7 @@ use kinoite_zfs_operator::api::ZfsImageBuild;
 use kinoite_zfs_operator::api::build::DEFAULT_AKMODS_REVISION;
 use kinoite_zfs_operator::controllers::build::controller::Settings as BuildSettings;
 use kinoite_zfs_operator::controllers::build::work::RetryPolicy;
+use kinoite_zfs_operator::controllers::promotion::controller::{Settings as PromotionSettings, Timing};
 use kinoite_zfs_operator::operator::{Operator, Settings};
 use kinoite_zfs_operator::pipeline::cache::labels;
 use kinoite_zfs_operator::registry::{ClientPool, CredentialSet, RequestCounters};
@@ -204,6 +206,16 @@ impl Env {
                 namespace: None,
                 default_credentials: CredentialSet::anonymous(),
                 clock: Arc::new(move || clock.now()),
+            },
+            promotion: PromotionSettings {
+                concurrency: 4,
+                namespace: None,
+                default_credentials: CredentialSet::anonymous(),
+                clock: {
+                    let clock = self.clock.clone();
+                    Arc::new(move || clock.now())
+                },
+                timing: Timing::default(),
             },
         };
         let operator = Operator::start(self.client.clone(), settings, pool).await.expect("operator starts");
