@@ -27,6 +27,7 @@ use super::{
 };
 use crate::api::ZfsImageBuild;
 use crate::api::build::{BuildMode, BuildStrategy, ResolvedInputs};
+use crate::pipeline::cache::{CacheInputs, cache_labels};
 use crate::pipeline::targets::RunTargets;
 
 /// Where the operator image keeps its binary (the `install-builder` init container runs it).
@@ -147,8 +148,25 @@ pub fn akmods_job(ji: &JobInputs) -> Result<Job, Error> {
         ("BUILDAH_LAYERS", "false".to_string()),
         ("CI", "1".to_string()),
         ("KZO_PUSH_REFS", ji.targets.akmods_push_refs().join(" ")),
+        ("KZO_IMAGE_LABELS", akmods_image_labels(inputs)),
     ]);
     render_job(ji, JobKind::Akmods, env, vec!["builder".into(), "akmods".into()], None)
+}
+
+/// The labels the akmods image must carry, one `key=value` per line: the cache labels of §2.6
+/// plus the inputs it was built from, so a later cache decision can tell a cache built from other
+/// inputs (`pipeline::cache::cache_labels`).
+fn akmods_image_labels(inputs: &ResolvedInputs) -> String {
+    let cache_inputs = CacheInputs {
+        zfs_minor_version: Some(inputs.zfs_minor_version.clone()),
+        akmods_ref: Some(inputs.akmods_upstream_ref.clone()),
+        builder_digest: Some(inputs.build_container_digest.clone()),
+    };
+    cache_labels(&inputs.kernel_releases, &cache_inputs)
+        .into_iter()
+        .map(|(key, value)| format!("{key}={value}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// The image Job `<build>-<run>-image`, per strategy: BlueBuild reads the recipe lines from the
@@ -458,6 +476,19 @@ mod tests {
         assert_eq!(env["KERNEL_RELEASES"], "6.18.9-200.fc43.x86_64 6.18.12-200.fc43.x86_64");
         assert_eq!(env["AKMODS_UPSTREAM_REF"], i.akmods_upstream_ref);
         assert_eq!(env["BUILDAH_LAYERS"], "false");
+        // The labels it must write read back as a reusable cache for exactly these inputs.
+        let written: BTreeMap<String, String> = env["KZO_IMAGE_LABELS"]
+            .lines()
+            .map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).unwrap())
+            .collect();
+        assert_eq!(crate::pipeline::cache::label_coverage(&written), Some(i.kernel_releases.iter().cloned().collect()),);
+        let same = CacheInputs {
+            zfs_minor_version: Some(i.zfs_minor_version.clone()),
+            akmods_ref: Some(i.akmods_upstream_ref.clone()),
+            builder_digest: Some(i.build_container_digest.clone()),
+        };
+        assert!(crate::pipeline::cache::input_mismatches(&written, &same).is_empty());
+        assert_eq!(written.len(), 5, "{written:?}");
         assert_eq!(env["REGISTRY_AUTH_FILE"], "/kzo/push-credentials/config.json");
         assert!(!env.values().any(|v| v.contains("kinoite-zfs-bluebuild-akmods:")), "never the stable akmods repo");
 

@@ -215,6 +215,27 @@ fn missing_image(query: &CacheQuery, detail: &str) -> CacheVerdict {
     }
 }
 
+/// The labels an akmods cache built for `kernel_releases` from `inputs` carries: the akmods Job
+/// is told them (`KZO_IMAGE_LABELS`) and must write them on the image it pushes; a later cache
+/// decision reads them back with [`label_coverage`] and [`input_mismatches`].
+pub fn cache_labels(kernel_releases: &[String], inputs: &CacheInputs) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::from([
+        (labels::CACHE_FORMAT.to_string(), labels::FORMAT_VERSION.to_string()),
+        (labels::KERNEL_RELEASES.to_string(), kernels::sort_releases(kernel_releases).join(" ")),
+    ]);
+    let given = [
+        (labels::ZFS_MINOR_VERSION, &inputs.zfs_minor_version),
+        (labels::AKMODS_REF, &inputs.akmods_ref),
+        (labels::BUILDER_DIGEST, &inputs.builder_digest),
+    ];
+    for (key, value) in given {
+        if let Some(value) = value.as_deref().map(str::trim).filter(|v| !v.is_empty()) {
+            labels.insert(key.to_string(), value.to_string());
+        }
+    }
+    labels
+}
+
 /// Kernels the labels claim, when the labels are usable: format [`labels::FORMAT_VERSION`] and a
 /// non-empty list (R4.4). Anything else falls back to the layer scan (R4.5, F21).
 pub fn label_coverage(labels: &BTreeMap<String, String>) -> Option<BTreeSet<String>> {
@@ -376,6 +397,25 @@ mod tests {
         let v = decide(&required, &all, CacheCheckMethod::Labels, &["built from x".into()], "r@sha256:x".into());
         assert_eq!((v.status, v.missing_kernels.len()), (CacheStatus::Stale, 0));
         assert_eq!(v.reason.as_deref(), Some("built from x"));
+    }
+
+    #[test]
+    fn the_labels_an_akmods_job_writes_read_back_as_a_reusable_cache_for_the_same_inputs() {
+        let inputs = CacheInputs {
+            zfs_minor_version: Some("2.4".into()),
+            akmods_ref: Some("a".repeat(40)),
+            builder_digest: Some(format!("sha256:{}", "b".repeat(64))),
+        };
+        let kernels = vec![K13.to_string(), K1.to_string()];
+        let written = cache_labels(&kernels, &inputs);
+        assert_eq!(written[labels::KERNEL_RELEASES], format!("{K1} {K13}"), "natural order");
+        assert_eq!(label_coverage(&written), Some(BTreeSet::from([K1.to_string(), K13.to_string()])));
+        assert!(input_mismatches(&written, &inputs).is_empty());
+        let other = CacheInputs { zfs_minor_version: Some("2.3".into()), ..inputs.clone() };
+        assert_eq!(input_mismatches(&written, &other).len(), 1);
+        // Inputs that are not known are not written (a reader then judges by coverage alone).
+        let bare = cache_labels(&kernels, &CacheInputs::default());
+        assert_eq!(bare.len(), 2);
     }
 
     #[test]
