@@ -4,6 +4,7 @@ pub mod build;
 pub mod conditions;
 pub mod metrics;
 pub mod promotion;
+pub mod runtime;
 
 use std::sync::Arc;
 

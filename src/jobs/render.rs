@@ -311,7 +311,7 @@ fn render_job(
             secret: Some(SecretVolumeSource {
                 secret_name: Some(secret.name.clone()),
                 items: Some(vec![KeyToPath {
-                    key: ".dockerconfigjson".into(),
+                    key: crate::registry::DOCKER_CONFIG_SECRET_KEY.into(),
                     path: "config.json".into(),
                     mode: None,
                 }]),

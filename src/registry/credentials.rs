@@ -95,6 +95,9 @@ impl fmt::Debug for Credential {
     }
 }
 
+/// The key of a `kubernetes.io/dockerconfigjson` Secret that holds the docker config.
+pub const DOCKER_CONFIG_SECRET_KEY: &str = ".dockerconfigjson";
+
 /// Credentials by registry host: the content of one docker config. It is the key of the client
 /// pool, so each distinct set (e.g. each build's Secret) gets its own client and token cache.
 #[derive(Clone, Default, PartialEq, Eq, Hash)]

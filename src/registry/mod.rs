@@ -29,7 +29,7 @@ use bytes::Bytes;
 
 pub use classify::{AnswerClass, error_envelope, parse_retry_after};
 pub use client::{ClientSettings, OciRegistry};
-pub use credentials::{Credential, CredentialSet};
+pub use credentials::{Credential, CredentialSet, DOCKER_CONFIG_SECRET_KEY};
 pub use manifest::{
     ImageConfig, MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, ManifestKind, RawManifest, ResolvedImage, image_config,
     infer_media_type, media_types, resolve_fetched, resolve_image, select_linux_amd64,

@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
-use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::jiff::Timestamp;
@@ -17,8 +16,7 @@ use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, Resource, ResourceExt};
-use serde::de::DeserializeOwned;
+use kube::{Client, ResourceExt};
 
 use super::executor::Executor;
 use super::plan::ControllerConfig;
@@ -26,6 +24,7 @@ use super::reconcile;
 use super::work::{RegistryResults, RetryPolicy};
 use crate::api::{Promotion, ZfsImageBuild};
 use crate::controllers::metrics::Metrics;
+use crate::controllers::runtime::{api, backoff, log_stream_error, ready};
 use crate::jobs::{LABEL_MANAGED_BY, MANAGER};
 use crate::registry::{ClientPool, CredentialSet};
 
@@ -99,17 +98,6 @@ impl Caches {
     }
 }
 
-/// Waits until `store` has its first complete list. kube's readiness signal keeps the waker of
-/// only its latest waiter (the controller waits on the builds store too), so a waiter that was
-/// not woken asks again every 100 ms.
-async fn ready<K>(store: &Store<K>)
-where
-    K: Resource + Clone + 'static,
-    K::DynamicType: Eq + std::hash::Hash + Clone,
-{
-    while tokio::time::timeout(Duration::from_millis(100), store.wait_until_ready()).await.is_err() {}
-}
-
 /// What the controller keeps per build between reconciles (in memory only: after a restart the
 /// reads are simply done again; everything decided is in the build's status).
 #[derive(Default)]
@@ -154,7 +142,7 @@ pub struct Running {
     pub caches: Caches,
 }
 
-/// First retry after a failed reconcile; doubles per consecutive failure.
+/// First retry after a failed reconcile; doubles per consecutive failure (`runtime::backoff`).
 const ERROR_BACKOFF_BASE: Duration = Duration::from_secs(5);
 /// Longest wait between retries of a failing reconcile.
 const ERROR_BACKOFF_MAX: Duration = Duration::from_secs(300);
@@ -248,26 +236,8 @@ pub fn start(
         .reconcile_all_on(resync)
         .graceful_shutdown_on(shutdown)
         .run(reconcile::reconcile, error_policy, context);
-    let task = controller.for_each(|result| async move {
-        match result {
-            Ok(_) => {}
-            // Reconcile errors are logged by the error policy; these are queue and watch errors.
-            Err(controller::Error::ReconcilerFailed(..)) => {}
-            Err(e) => tracing::warn!(error = %e, "controller"),
-        }
-    });
+    let task = controller.for_each(|result| async move { log_stream_error(CONTROLLER, result) });
     Running { task: Box::pin(task), caches }
-}
-
-fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
-where
-    K: Resource<Scope = NamespaceResourceScope> + Clone + DeserializeOwned + std::fmt::Debug,
-    K::DynamicType: Default,
-{
-    match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    }
 }
 
 /// The build that owns the Job that owns `pod`.
@@ -290,7 +260,7 @@ fn error_policy(build: Arc<ZfsImageBuild>, error: &Error, ctx: Arc<Context>) -> 
         *count = count.saturating_add(1);
         *count
     };
-    let delay = ERROR_BACKOFF_BASE.saturating_mul(1 << attempts.saturating_sub(1).min(10)).min(ERROR_BACKOFF_MAX);
+    let delay = backoff(ERROR_BACKOFF_BASE, ERROR_BACKOFF_MAX, attempts);
     tracing::warn!(
         build = %format!("{}/{}", build.namespace().unwrap_or_default(), build.name_any()),
         error = %error,

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PropagationPolicy};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType as KubeEventType};
@@ -27,20 +27,15 @@ use super::plan::{Child, ChildKind, EventType, Plan, PlanInput, plan};
 use super::reasons::events;
 use super::work::{FailureClass, RegistryFailure, RegistryResults, WorkOutcome};
 use crate::api::{Promotion, ZfsImageBuild};
+use crate::controllers::runtime::{MAX_EVENT_NOTE, secret_credentials, truncate};
 use crate::jobs::MANAGER;
 use crate::jobs::observe::{JobState, ObservedJob, ObservedPod, observe_job, observe_pod};
-use crate::registry::{CredentialSet, OciRegistry};
+use crate::registry::OciRegistry;
 
 /// Plans per reconcile at most: each pass answers the registry work of the previous one. A run
 /// needs at most four in a row (resolve, cache, confirm, verify); the bound only guards against
 /// a planner that keeps asking.
 const MAX_PASSES: usize = 8;
-
-/// Kubernetes keeps at most 1 kB of an Event's note.
-const MAX_EVENT_NOTE: usize = 1024;
-
-/// The key of a `kubernetes.io/dockerconfigjson` Secret.
-const DOCKER_CONFIG_KEY: &str = ".dockerconfigjson";
 
 pub(super) async fn reconcile(cached: Arc<ZfsImageBuild>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
@@ -240,26 +235,9 @@ async fn registry_for(
             let namespace = build.namespace().unwrap_or_default();
             let what =
                 format!("credentials Secret {namespace}/{} (spec.registry.credentialsSecretRef)", reference.name);
-            let secrets = Api::<Secret>::namespaced(ctx.client.clone(), &namespace);
-            let secret = match secrets.get_opt(&reference.name).await {
-                Ok(Some(secret)) => secret,
-                Ok(None) => return unauthorized(format!("{what} not found")),
-                Err(kube::Error::Api(status)) if status.code == 403 => {
-                    return unauthorized(format!(
-                        "{what} cannot be read: the operator's service account needs get on secrets in {namespace}"
-                    ));
-                }
-                Err(e) => return Err(e.into()),
-            };
-            let Some(bytes) = secret.data.as_ref().and_then(|d| d.get(DOCKER_CONFIG_KEY)) else {
-                return unauthorized(format!(
-                    "{what} has no {DOCKER_CONFIG_KEY} key; create it with `kubectl create secret docker-registry`"
-                ));
-            };
-            match CredentialSet::from_docker_config(&bytes.0) {
+            match secret_credentials(&ctx.client, &namespace, &reference.name, &what).await? {
                 Ok(set) => set,
-                // Credential parse errors name hosts and fields, never values.
-                Err(e) => return unauthorized(format!("{what}: {e}")),
+                Err(message) => return unauthorized(message),
             }
         }
     };
@@ -368,34 +346,10 @@ async fn publish_events(build: &ZfsImageBuild, planned: &Plan, ctx: &Context) {
     }
 }
 
-fn truncate(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_string();
-    }
-    let mut end = max - 3;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}...", &text[..end])
-}
-
 /// Drops the in-memory state of builds that no longer exist.
 fn forget_deleted_builds(ctx: &Context) {
     let live: BTreeSet<String> = ctx.caches.builds.state().iter().filter_map(|b| b.uid()).collect();
     let mut memory = ctx.memory();
     memory.results.retain(|uid, _| live.contains(uid));
     memory.errors.retain(|uid, _| live.contains(uid));
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn event_notes_are_cut_at_a_char_boundary() {
-        assert_eq!(truncate("short", 10), "short");
-        let long = "é".repeat(600);
-        let cut = truncate(&long, MAX_EVENT_NOTE);
-        assert!(cut.len() <= MAX_EVENT_NOTE && cut.ends_with("..."), "{}", cut.len());
-    }
 }

@@ -10,14 +10,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt, TryStreamExt};
-use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, Resource, ResourceExt};
-use serde::de::DeserializeOwned;
+use kube::{Client, ResourceExt};
 use tokio::sync::mpsc;
 
 use super::reasons;
@@ -25,6 +23,7 @@ use super::reconcile;
 use crate::api::{Promotion, ZfsImageBuild};
 use crate::controllers::conditions;
 use crate::controllers::metrics::Metrics;
+use crate::controllers::runtime::{api, backoff, log_stream_error};
 use crate::registry::{ClientPool, CredentialSet};
 
 /// Name of this controller in metrics and logs.
@@ -58,7 +57,7 @@ impl Default for Timing {
 impl Timing {
     /// The wait before retry number `attempts` (1-based): base, doubling, capped.
     pub fn backoff(&self, attempts: u32) -> Duration {
-        self.backoff_base.saturating_mul(1 << attempts.saturating_sub(1).min(16)).min(self.backoff_max)
+        backoff(self.backoff_base, self.backoff_max, attempts)
     }
 }
 
@@ -221,14 +220,7 @@ pub fn start(
         .reconcile_all_on(resync)
         .graceful_shutdown_on(shutdown)
         .run(reconcile::reconcile, error_policy, context);
-    let task = controller.for_each(|result| async move {
-        match result {
-            Ok(_) => {}
-            // Reconcile errors are logged by the error policy; these are queue and watch errors.
-            Err(controller::Error::ReconcilerFailed(..)) => {}
-            Err(e) => tracing::warn!(error = %e, "promotion controller"),
-        }
-    });
+    let task = controller.for_each(|result| async move { log_stream_error(CONTROLLER, result) });
     Running { task: Box::pin(task), caches }
 }
 
@@ -246,17 +238,6 @@ fn waiting_on_conflict(changed: &Promotion, promotions: &Store<Promotion>) -> Ve
         })
         .map(|p| ObjectRef::from_obj(p.as_ref()))
         .collect()
-}
-
-fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
-where
-    K: Resource<Scope = NamespaceResourceScope> + Clone + DeserializeOwned + std::fmt::Debug,
-    K::DynamicType: Default,
-{
-    match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    }
 }
 
 /// A failed reconcile (Kubernetes API errors) is retried with backoff per Promotion, never in a

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -22,15 +22,10 @@ use super::plan::{Decision, Input, Outcome, decide, events, next_status};
 use super::reasons;
 use crate::api::promotion::PromotionStatus;
 use crate::api::{Promotion, ZfsImageBuild};
+use crate::controllers::runtime::{MAX_EVENT_NOTE, secret_credentials, truncate};
 use crate::jobs::{LABEL_BUILD, LABEL_STEP, MANAGER, STEP_RUN_RECORD, build_label_value};
 use crate::pipeline::records::{PROVENANCE_KEY, RecordedRun, parse_provenance};
-use crate::registry::{CredentialSet, OciRegistry};
-
-/// Kubernetes keeps at most 1 kB of an Event's note.
-const MAX_EVENT_NOTE: usize = 1024;
-
-/// The key of a `kubernetes.io/dockerconfigjson` Secret.
-const DOCKER_CONFIG_KEY: &str = ".dockerconfigjson";
+use crate::registry::OciRegistry;
 
 /// A short pause before looking at the channel again after a promotion completed (a newer run
 /// may have arrived while it was in flight).
@@ -227,25 +222,9 @@ async fn registry_for(
                 "credentials Secret {namespace}/{} (the build's spec.registry.credentialsSecretRef)",
                 reference.name
             );
-            let secret = match Api::<Secret>::namespaced(ctx.client.clone(), namespace).get_opt(&reference.name).await {
-                Ok(Some(secret)) => secret,
-                Ok(None) => return Ok(Err(format!("{what} not found"))),
-                Err(kube::Error::Api(status)) if status.code == 403 => {
-                    return Ok(Err(format!(
-                        "{what} cannot be read: the operator's service account needs get on secrets in {namespace}"
-                    )));
-                }
-                Err(e) => return Err(e.into()),
-            };
-            let Some(bytes) = secret.data.as_ref().and_then(|d| d.get(DOCKER_CONFIG_KEY)) else {
-                return Ok(Err(format!(
-                    "{what} has no {DOCKER_CONFIG_KEY} key; create it with `kubectl create secret docker-registry`"
-                )));
-            };
-            match CredentialSet::from_docker_config(&bytes.0) {
+            match secret_credentials(&ctx.client, namespace, &reference.name, &what).await? {
                 Ok(set) => set,
-                // Credential parse errors name hosts and fields, never values.
-                Err(e) => return Ok(Err(format!("{what}: {e}"))),
+                Err(message) => return Ok(Err(message)),
             }
         }
     };
@@ -305,28 +284,5 @@ impl Journal for StatusJournal<'_> {
 
     fn now(&self) -> Time {
         Time(self.ctx.now())
-    }
-}
-
-fn truncate(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_string();
-    }
-    let mut end = max - 3;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}...", &text[..end])
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn event_notes_are_cut_at_a_char_boundary() {
-        assert_eq!(truncate("short", 10), "short");
-        let cut = truncate(&"é".repeat(600), MAX_EVENT_NOTE);
-        assert!(cut.len() <= MAX_EVENT_NOTE && cut.ends_with("..."), "{}", cut.len());
     }
 }
