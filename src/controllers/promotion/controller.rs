@@ -23,7 +23,7 @@ use super::reconcile;
 use crate::api::{Promotion, ZfsImageBuild};
 use crate::controllers::conditions;
 use crate::controllers::metrics::Metrics;
-use crate::controllers::runtime::{api, backoff, log_stream_error};
+use crate::controllers::runtime::{api, backoff, log_stream_error, ready};
 use crate::registry::{ClientPool, CredentialSet};
 
 /// Name of this controller in metrics and logs.
@@ -107,8 +107,8 @@ pub struct Caches {
 impl Caches {
     /// Resolves once both caches hold a complete first list (`/readyz`).
     pub async fn synced(&self) {
-        let _ = self.promotions.wait_until_ready().await;
-        let _ = self.builds.wait_until_ready().await;
+        ready(&self.promotions).await;
+        ready(&self.builds).await;
     }
 }
 

@@ -22,7 +22,7 @@ use super::plan::{Decision, Input, Outcome, decide, events, next_status};
 use super::reasons;
 use crate::api::promotion::PromotionStatus;
 use crate::api::{Promotion, ZfsImageBuild};
-use crate::controllers::runtime::{MAX_EVENT_NOTE, secret_credentials, truncate};
+use crate::controllers::runtime::{MAX_EVENT_NOTE, ready, secret_credentials, truncate};
 use crate::jobs::{LABEL_BUILD, LABEL_STEP, MANAGER, STEP_RUN_RECORD, build_label_value};
 use crate::pipeline::records::{PROVENANCE_KEY, RecordedRun, parse_provenance};
 use crate::registry::OciRegistry;
@@ -86,7 +86,7 @@ async fn reconcile_promotion(namespace: &str, name: &str, ctx: &Context) -> Resu
 
     // Observe. Claims are computed from the build cache: it must hold a complete list first, or
     // an older Promotion whose build is not cached yet would claim nothing.
-    let _ = ctx.caches.builds.wait_until_ready().await;
+    ready(&ctx.caches.builds).await;
     let build_name = &promotion.spec.build_ref.name;
     let build = match ctx.caches.builds.get(&ObjectRef::new(build_name).within(namespace)) {
         Some(build) => Some(build),
