@@ -10,8 +10,8 @@ use std::sync::Arc;
 use clap::Args;
 
 use super::common::RegistryArgs;
-use crate::controllers::build::controller::Settings as BuildSettings;
-use crate::controllers::build::work::RetryPolicy;
+use crate::controllers::image_build::controller::Settings as BuildSettings;
+use crate::controllers::image_build::work::RetryPolicy;
 use crate::controllers::promotion::controller::{Settings as PromotionSettings, Timing};
 use crate::controllers::system_clock;
 use crate::operator::{self, Operator, Settings};

@@ -1,7 +1,7 @@
 //! The Kubernetes controllers (`ZfsImageBuild`, `Promotion`) and the status logic they share.
 
-pub mod build;
 pub mod conditions;
+pub mod image_build;
 pub mod metrics;
 pub mod promotion;
 pub mod runtime;

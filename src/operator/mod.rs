@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::controllers::build::controller::{self as build, Settings as BuildSettings};
+use crate::controllers::image_build::controller::{self as build, Settings as BuildSettings};
 use crate::controllers::metrics::Metrics;
 use crate::controllers::promotion::controller::{self as promotion, Settings as PromotionSettings};
 use crate::registry::ClientPool;

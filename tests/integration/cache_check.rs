@@ -6,8 +6,8 @@
 use std::process::Command;
 
 use kinoite_zfs_operator::api::build::{CacheCheckMethod, CacheStatus};
-use kinoite_zfs_operator::controllers::build::execute;
-use kinoite_zfs_operator::controllers::build::work::{CacheRequest, FailureClass, WorkOutcome};
+use kinoite_zfs_operator::controllers::image_build::execute;
+use kinoite_zfs_operator::controllers::image_build::work::{CacheRequest, FailureClass, WorkOutcome};
 use kinoite_zfs_operator::pipeline::cache::labels;
 use kinoite_zfs_operator::registry::{ClientSettings, Credential, CredentialSet, OciRegistry};
 use serde_json::Value;

@@ -8,8 +8,8 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kinoite_zfs_operator::controllers::build::execute;
-use kinoite_zfs_operator::controllers::build::work::{
+use kinoite_zfs_operator::controllers::image_build::execute;
+use kinoite_zfs_operator::controllers::image_build::work::{
     FailureClass, LockRequest, ResolvePurpose, ResolveRequest, WorkOutcome,
 };
 use kinoite_zfs_operator::pipeline::resolve::{Request, Resolver};

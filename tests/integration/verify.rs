@@ -3,8 +3,8 @@
 //! directory and an opaque `extra/`; a command whited out above a lower layer; the delta-only scan
 //! (bytes and downloads); a tag resolved once; indexes; and errors that give no verdict.
 
-use kinoite_zfs_operator::controllers::build::execute;
-use kinoite_zfs_operator::controllers::build::work::{FailureClass, VerifyRequest, WorkOutcome};
+use kinoite_zfs_operator::controllers::image_build::execute;
+use kinoite_zfs_operator::controllers::image_build::work::{FailureClass, VerifyRequest, WorkOutcome};
 use serde_json::{Value, json};
 
 use super::cache_check::{K1, K2, K13, Run, client, operator};

@@ -9,9 +9,9 @@ use k8s_openapi::jiff::Timestamp;
 
 use super::*;
 use crate::api::build::{CacheCheckMethod, VerificationResult};
-use crate::controllers::build::observed::{ObservedCluster, ObservedConfigMap, ObservedLock};
-use crate::controllers::build::work::{CacheVerdict, RegistryFailure, RegistryResults};
 use crate::controllers::conditions::find;
+use crate::controllers::image_build::observed::{ObservedCluster, ObservedConfigMap, ObservedLock};
+use crate::controllers::image_build::work::{CacheVerdict, RegistryFailure, RegistryResults};
 use crate::jobs::observe::{ObservedJob, ObservedPod, Termination};
 use crate::jobs::result::render as render_result;
 use crate::test_support::{build, digest, resolved_inputs};
