@@ -395,17 +395,19 @@ pub struct BuilderSpec {
     /// a namespace whose Pod Security admission allows it.
     #[serde(default = "default_true")]
     pub privileged: bool,
-    /// Deadline of each builder Job in seconds.
+    /// Deadline of each builder Job in seconds (at most a week).
     #[serde(default = "default_active_deadline")]
-    #[schemars(range(min = 60))]
+    #[schemars(range(min = 60, max = 604800))]
     pub active_deadline_seconds: i64,
     /// Retries of a failed builder pod. Default: 1 for Jobs that push, 0 in `Validate` mode.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 6))]
     pub backoff_limit: Option<i32>,
-    /// Seconds a finished builder Job is kept before Kubernetes deletes it.
+    /// Seconds a finished builder Job is kept before Kubernetes deletes it. At least an hour: the
+    /// operator reads the builder's result from the finished Job's pod, and an operator outage
+    /// (upgrade, node drain) shorter than this never loses a result.
     #[serde(default = "default_ttl_after_finished")]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 3600, max = 2147483647))]
     pub ttl_seconds_after_finished: i32,
 }
 

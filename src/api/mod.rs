@@ -82,3 +82,59 @@ pub fn crd_yaml(crd: &CustomResourceDefinition) -> Result<String, Error> {
 pub fn all_crds_yaml() -> Result<String, Error> {
     crds().iter().map(crd_yaml).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every integer the schema admits must be one the types can read: an object the API server
+    /// accepts and the operator cannot decode would be stored and never reconciled.
+    fn integer_bounds(path: &str, schema: &JSONSchemaProps, problems: &mut Vec<String>) {
+        if schema.type_.as_deref() == Some("integer") {
+            let (lo, hi) = match schema.format.as_deref() {
+                Some("int32") => (f64::from(i32::MIN), f64::from(i32::MAX)),
+                Some("uint32") => (0.0, f64::from(u32::MAX)),
+                Some("int64") => (i64::MIN as f64, i64::MAX as f64),
+                other => {
+                    problems.push(format!("{path}: integer with format {other:?}"));
+                    (0.0, 0.0)
+                }
+            };
+            let within = |bound: Option<f64>, fallback: f64| bound.unwrap_or(fallback);
+            let (min, max) = (within(schema.minimum, f64::NEG_INFINITY), within(schema.maximum, f64::INFINITY));
+            if schema.format.as_deref() != Some("int64") && (min < lo || max > hi) {
+                problems.push(format!("{path}: admits [{min}, {max}], the type reads [{lo}, {hi}]"));
+            }
+        }
+        for (name, child) in schema.properties.iter().flatten() {
+            integer_bounds(&format!("{path}.{name}"), child, problems);
+        }
+        if let Some(JSONSchemaPropsOrArray::Schema(items)) = &schema.items {
+            integer_bounds(&format!("{path}[]"), items, problems);
+        }
+        if let Some(JSONSchemaPropsOrBool::Schema(additional)) = &schema.additional_properties {
+            integer_bounds(&format!("{path}{{}}"), additional, problems);
+        }
+    }
+
+    #[test]
+    fn every_integer_the_schema_admits_fits_its_type() {
+        let mut problems = Vec::new();
+        for crd in crds() {
+            let schema = crd.spec.versions[0].schema.as_ref().and_then(|s| s.open_api_v3_schema.as_ref()).unwrap();
+            integer_bounds(&crd.spec.names.kind, schema, &mut problems);
+        }
+        assert!(problems.is_empty(), "{problems:#?}");
+    }
+
+    #[test]
+    fn builder_ttl_keeps_results_for_at_least_an_hour() {
+        let crd = ZfsImageBuild::crd();
+        let schema = crd.spec.versions[0].schema.as_ref().and_then(|s| s.open_api_v3_schema.as_ref()).unwrap();
+        let ttl = &schema.properties.as_ref().unwrap()["spec"].properties.as_ref().unwrap()["builder"]
+            .properties
+            .as_ref()
+            .unwrap()["ttlSecondsAfterFinished"];
+        assert_eq!((ttl.minimum, ttl.maximum), (Some(3600.0), Some(f64::from(i32::MAX))));
+    }
+}

@@ -1,6 +1,7 @@
 //! The Kubernetes controllers (`ZfsImageBuild`, `Promotion`) and the status logic they share.
 
 pub mod conditions;
+pub mod decoded;
 pub mod image_build;
 pub mod metrics;
 pub mod promotion;

@@ -16,6 +16,13 @@ use crate::registry::{CredentialSet, DOCKER_CONFIG_SECRET_KEY};
 /// Longest Event note; kube rejects notes over 1 KiB.
 pub const MAX_EVENT_NOTE: usize = 1024;
 
+/// Longest wait of a reconcile for the caches' first lists; then it comes back after
+/// [`CACHE_RETRY`]. A cache that cannot list (RBAC, an outage) never holds a reconcile, and
+/// with it shutdown, for longer.
+pub const CACHE_WAIT: Duration = Duration::from_secs(10);
+/// When a reconcile that found the caches not synced comes back.
+pub const CACHE_RETRY: Duration = Duration::from_secs(5);
+
 /// An `Api` over `namespace`, or over every namespace.
 pub fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
 where

@@ -7,6 +7,7 @@ pub mod http;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -15,6 +16,10 @@ use crate::controllers::image_build::controller::{self as build, Settings as Bui
 use crate::controllers::metrics::Metrics;
 use crate::controllers::promotion::controller::{self as promotion, Settings as PromotionSettings};
 use crate::registry::ClientPool;
+
+/// How long shutdown waits for reconciles in flight: within Kubernetes' default
+/// `terminationGracePeriodSeconds` (30 s), so the process exits on its own before the kill.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
 /// Errors of starting the operator.
 #[derive(Debug, thiserror::Error)]
@@ -112,13 +117,26 @@ impl Operator {
     }
 
     /// Graceful shutdown: no new reconciles start, the ones in flight finish, the endpoints stop.
-    pub async fn shutdown(self) {
+    /// Bounded by [`SHUTDOWN_GRACE`] whatever state the caches and reconciles are in: what is
+    /// still running then is stopped (every step is idempotent, the next operator resumes it).
+    pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
         self.state.ready.store(false, Ordering::Release);
-        for controller in self.controllers {
-            let _ = controller.await;
+        let finished = async {
+            for controller in &mut self.controllers {
+                let _ = controller.await;
+            }
+            let _ = (&mut self.server).await;
+        };
+        if tokio::time::timeout(SHUTDOWN_GRACE, finished).await.is_err() {
+            tracing::warn!(
+                grace_s = SHUTDOWN_GRACE.as_secs(),
+                "reconciles still running after the grace period: stopped"
+            );
+            for task in self.controllers.iter().chain([&self.server]) {
+                task.abort();
+            }
         }
-        let _ = self.server.await;
         tracing::info!("operator stopped");
     }
 }

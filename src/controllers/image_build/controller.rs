@@ -23,6 +23,7 @@ use super::plan::ControllerConfig;
 use super::reconcile;
 use super::work::{RegistryResults, RetryPolicy};
 use crate::api::{Promotion, ZfsImageBuild};
+use crate::controllers::decoded::Decoded;
 use crate::controllers::metrics::Metrics;
 use crate::controllers::runtime::{api, backoff, log_stream_error, ready};
 use crate::jobs::{LABEL_MANAGED_BY, MANAGER};
@@ -80,11 +81,11 @@ impl Error {
 /// The caches the observe step reads (filled by the controller's watches).
 #[derive(Clone)]
 pub struct Caches {
-    pub builds: Store<ZfsImageBuild>,
+    pub builds: Store<Decoded<ZfsImageBuild>>,
     pub jobs: Store<Job>,
     pub pods: Store<Pod>,
     pub config_maps: Store<ConfigMap>,
-    pub promotions: Store<Promotion>,
+    pub promotions: Store<Decoded<Promotion>>,
 }
 
 impl Caches {
@@ -163,10 +164,12 @@ pub fn start(
     // never (the planner reads Job conditions and the builder's termination only), ConfigMap
     // values never (the planner reads which keys a run record has). This keeps the operator's
     // memory flat in the number of builds and runs.
-    let (builds, builds_writer) = reflector::store::<ZfsImageBuild>();
-    let build_events = watcher(api::<ZfsImageBuild>(&client, ns), watcher::Config::default())
+    // Builds and Promotions are read one by one (`Decoded`): one object the types cannot read
+    // never fails the list for the others.
+    let (builds, builds_writer) = reflector::store::<Decoded<ZfsImageBuild>>();
+    let build_events = watcher(api::<Decoded<ZfsImageBuild>>(&client, ns), watcher::Config::default())
         .default_backoff()
-        .modify(|b: &mut ZfsImageBuild| b.managed_fields_mut().clear())
+        .modify(|b: &mut Decoded<ZfsImageBuild>| b.managed_fields_mut().clear())
         .reflect(builds_writer)
         .applied_objects();
     let (jobs, jobs_writer) = reflector::store::<Job>();
@@ -199,10 +202,10 @@ pub fn start(
         })
         .reflect(config_maps_writer)
         .touched_objects();
-    let (promotions, promotions_writer) = reflector::store::<Promotion>();
-    let promotion_events = watcher(api::<Promotion>(&client, ns), watcher::Config::default())
+    let (promotions, promotions_writer) = reflector::store::<Decoded<Promotion>>();
+    let promotion_events = watcher(api::<Decoded<Promotion>>(&client, ns), watcher::Config::default())
         .default_backoff()
-        .modify(|p: &mut Promotion| p.managed_fields_mut().clear())
+        .modify(|p: &mut Decoded<Promotion>| p.managed_fields_mut().clear())
         .reflect(promotions_writer)
         .touched_objects();
 
@@ -230,8 +233,9 @@ pub fn start(
         // A builder pod is owned by its Job, not by the build: map it through the Job's owner.
         .watches_stream(pod_events, move |pod: Pod| build_of_pod(&pod, &pod_owner_jobs))
         // Promotions pin runs (kept past historyLimit); their build is named in the spec.
-        .watches_stream(promotion_events, |promotion: Promotion| {
-            promotion.namespace().map(|ns| ObjectRef::<ZfsImageBuild>::new(&promotion.spec.build_ref.name).within(&ns))
+        .watches_stream(promotion_events, |promotion: Decoded<Promotion>| {
+            let build = &promotion.typed()?.spec.build_ref.name;
+            promotion.namespace().map(|ns| ObjectRef::<Decoded<ZfsImageBuild>>::new(build).within(&ns))
         })
         .reconcile_all_on(resync)
         .graceful_shutdown_on(shutdown)
@@ -241,7 +245,7 @@ pub fn start(
 }
 
 /// The build that owns the Job that owns `pod`.
-fn build_of_pod(pod: &Pod, jobs: &Store<Job>) -> Option<ObjectRef<ZfsImageBuild>> {
+fn build_of_pod(pod: &Pod, jobs: &Store<Job>) -> Option<ObjectRef<Decoded<ZfsImageBuild>>> {
     let ns = pod.namespace()?;
     let job_name = &pod.owner_references().iter().find(|o| o.kind == "Job" && o.controller == Some(true))?.name;
     let job = jobs.get(&ObjectRef::<Job>::new(job_name).within(&ns))?;
@@ -251,7 +255,7 @@ fn build_of_pod(pod: &Pod, jobs: &Store<Job>) -> Option<ObjectRef<ZfsImageBuild>
 
 /// A failed reconcile is retried with backoff per build (5 s doubling to 5 min), never in a hot
 /// loop; the error is logged and counted.
-fn error_policy(build: Arc<ZfsImageBuild>, error: &Error, ctx: Arc<Context>) -> Action {
+fn error_policy(build: Arc<Decoded<ZfsImageBuild>>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.reconcile_failed(CONTROLLER, error.kind());
     let uid = build.uid().unwrap_or_default();
     let attempts = {

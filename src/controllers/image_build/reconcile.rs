@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PropagationPolicy};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType as KubeEventType};
@@ -27,7 +28,8 @@ use super::plan::{Child, ChildKind, EventType, Plan, PlanInput, plan};
 use super::reasons::events;
 use super::work::{FailureClass, RegistryFailure, RegistryResults, WorkOutcome};
 use crate::api::{Promotion, ZfsImageBuild};
-use crate::controllers::runtime::{MAX_EVENT_NOTE, secret_credentials, truncate};
+use crate::controllers::decoded::{Decoded, record_unreadable};
+use crate::controllers::runtime::{CACHE_RETRY, CACHE_WAIT, MAX_EVENT_NOTE, secret_credentials, truncate};
 use crate::jobs::MANAGER;
 use crate::jobs::observe::{JobState, ObservedJob, ObservedPod, observe_job, observe_pod};
 use crate::registry::OciRegistry;
@@ -37,7 +39,7 @@ use crate::registry::OciRegistry;
 /// a planner that keeps asking.
 const MAX_PASSES: usize = 8;
 
-pub(super) async fn reconcile(cached: Arc<ZfsImageBuild>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub(super) async fn reconcile(cached: Arc<Decoded<ZfsImageBuild>>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     ctx.metrics.reconcile_started(CONTROLLER);
     if ctx.memory().results.len() > ctx.caches.builds.len() {
@@ -66,13 +68,25 @@ pub(super) async fn reconcile(cached: Arc<ZfsImageBuild>, ctx: Arc<Context>) -> 
 async fn reconcile_build(namespace: &str, name: &str, ctx: &Context) -> Result<Action, Error> {
     // kube-runtime starts reconciling once the builds are listed; the Jobs, Pods and ConfigMaps
     // may still be loading. Observing a half-loaded cache would report a recorded Job as lost.
-    ctx.caches.synced().await;
-    let builds = Api::<ZfsImageBuild>::namespaced(ctx.client.clone(), namespace);
+    // The wait is bounded so that a cache that cannot list (RBAC, an outage) never holds a
+    // reconcile, and with it shutdown, forever.
+    if tokio::time::timeout(CACHE_WAIT, ctx.caches.synced()).await.is_err() {
+        debug!("caches not synced yet");
+        return Ok(Action::requeue(CACHE_RETRY));
+    }
     // The cache can lag behind this controller's own last status write; planning from a stale
     // status could start a run twice. A read from the API server is always current.
-    let Some(build) = builds.get_opt(name).await? else {
-        return Ok(Action::await_change());
+    let decoded = Api::<Decoded<ZfsImageBuild>>::namespaced(ctx.client.clone(), namespace);
+    let build = match decoded.get_opt(name).await? {
+        None => return Ok(Action::await_change()),
+        Some(Decoded::Typed(build)) => build,
+        Some(Decoded::Unreadable(unreadable)) => {
+            // Any edit of the object is a watch event: nothing to come back for before that.
+            record_unreadable(&decoded, &ctx.recorder, &unreadable, &Time(ctx.now())).await?;
+            return Ok(Action::await_change());
+        }
     };
+    let builds = Api::<ZfsImageBuild>::namespaced(ctx.client.clone(), namespace);
     if build.meta().deletion_timestamp.is_some() {
         // Owner references delete the children; nothing outside the cluster is undone.
         return Ok(Action::await_change());
@@ -199,8 +213,9 @@ async fn observe(build: &ZfsImageBuild, namespace: &str, uid: &str, ctx: &Contex
         .promotions
         .state()
         .iter()
+        .filter_map(|p| p.typed())
         .filter(|p| p.metadata.namespace.as_deref() == Some(namespace))
-        .map(|p| (**p).clone())
+        .cloned()
         .collect();
     let lock_source = build.spec.input_lock.as_ref();
     let lock_config_map = match lock_source.and_then(|l| l.config_map_ref.as_ref()) {

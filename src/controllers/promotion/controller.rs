@@ -22,6 +22,7 @@ use super::reasons;
 use super::reconcile;
 use crate::api::{Promotion, ZfsImageBuild};
 use crate::controllers::conditions;
+use crate::controllers::decoded::Decoded;
 use crate::controllers::metrics::Metrics;
 use crate::controllers::runtime::{api, backoff, log_stream_error, ready};
 use crate::registry::{ClientPool, CredentialSet};
@@ -100,8 +101,8 @@ impl Error {
 /// The caches the observe step reads.
 #[derive(Clone)]
 pub struct Caches {
-    pub promotions: Store<Promotion>,
-    pub builds: Store<ZfsImageBuild>,
+    pub promotions: Store<Decoded<Promotion>>,
+    pub builds: Store<Decoded<ZfsImageBuild>>,
 }
 
 impl Caches {
@@ -165,13 +166,15 @@ pub fn start(
 ) -> Running {
     let ns = settings.namespace.as_deref();
 
-    let (promotions, promotions_writer) = reflector::store::<Promotion>();
+    // Promotions and builds are read one by one (`Decoded`): one object the types cannot read
+    // never fails the list for the others.
+    let (promotions, promotions_writer) = reflector::store::<Decoded<Promotion>>();
     // Every change of a Promotion (deletions included) may release a tag another one waits
     // for: those are sent on to the conflict mapper below.
-    let (changed_tx, changed_rx) = mpsc::unbounded_channel::<Promotion>();
-    let promotion_events = watcher(api::<Promotion>(&client, ns), watcher::Config::default())
+    let (changed_tx, changed_rx) = mpsc::unbounded_channel::<Decoded<Promotion>>();
+    let promotion_events = watcher(api::<Decoded<Promotion>>(&client, ns), watcher::Config::default())
         .default_backoff()
-        .modify(|p: &mut Promotion| p.managed_fields_mut().clear())
+        .modify(|p: &mut Decoded<Promotion>| p.managed_fields_mut().clear())
         .reflect(promotions_writer)
         .inspect_ok(move |event| {
             if let watcher::Event::Apply(p) | watcher::Event::Delete(p) = event {
@@ -181,10 +184,10 @@ pub fn start(
         .applied_objects();
     let changed = futures::stream::unfold(changed_rx, |mut rx| async move { rx.recv().await.map(|p| (Ok(p), rx)) });
 
-    let (builds, builds_writer) = reflector::store::<ZfsImageBuild>();
-    let build_events = watcher(api::<ZfsImageBuild>(&client, ns), watcher::Config::default())
+    let (builds, builds_writer) = reflector::store::<Decoded<ZfsImageBuild>>();
+    let build_events = watcher(api::<Decoded<ZfsImageBuild>>(&client, ns), watcher::Config::default())
         .default_backoff()
-        .modify(|b: &mut ZfsImageBuild| b.managed_fields_mut().clear())
+        .modify(|b: &mut Decoded<ZfsImageBuild>| b.managed_fields_mut().clear())
         .reflect(builds_writer)
         .touched_objects();
 
@@ -206,17 +209,17 @@ pub fn start(
     let controller = Controller::for_stream(promotion_events, promotions)
         .with_config(controller::Config::default().concurrency(settings.concurrency))
         // A build's new status (a newly verified run) concerns the Promotions that take from it.
-        .watches_stream(build_events, move |build: ZfsImageBuild| {
+        .watches_stream(build_events, move |build: Decoded<ZfsImageBuild>| {
             let namespace = build.namespace();
             let name = build.name_any();
             referencing
                 .state()
                 .iter()
-                .filter(|p| p.namespace() == namespace && p.spec.build_ref.name == name)
+                .filter(|p| p.namespace() == namespace && p.typed().is_some_and(|p| p.spec.build_ref.name == name))
                 .map(|p| ObjectRef::from_obj(p.as_ref()))
                 .collect::<Vec<_>>()
         })
-        .watches_stream(changed, move |changed: Promotion| waiting_on_conflict(&changed, &stalled))
+        .watches_stream(changed, move |changed: Decoded<Promotion>| waiting_on_conflict(&changed, &stalled))
         .reconcile_all_on(resync)
         .graceful_shutdown_on(shutdown)
         .run(reconcile::reconcile, error_policy, context);
@@ -226,13 +229,16 @@ pub fn start(
 
 /// The Promotions (other than `changed`) stalled on a conflict: the change may have released
 /// the tag they wait for.
-fn waiting_on_conflict(changed: &Promotion, promotions: &Store<Promotion>) -> Vec<ObjectRef<Promotion>> {
+fn waiting_on_conflict(
+    changed: &Decoded<Promotion>,
+    promotions: &Store<Decoded<Promotion>>,
+) -> Vec<ObjectRef<Decoded<Promotion>>> {
     promotions
         .state()
         .iter()
         .filter(|p| p.uid() != changed.uid())
         .filter(|p| {
-            p.status.as_ref().is_some_and(|s| {
+            p.typed().and_then(|p| p.status.as_ref()).is_some_and(|s| {
                 conditions::find(&s.conditions, "Stalled").is_some_and(|c| c.reason == reasons::CONFLICTING_PROMOTION)
             })
         })
@@ -242,7 +248,7 @@ fn waiting_on_conflict(changed: &Promotion, promotions: &Store<Promotion>) -> Ve
 
 /// A failed reconcile (Kubernetes API errors) is retried with backoff per Promotion, never in a
 /// hot loop.
-fn error_policy(promotion: Arc<Promotion>, error: &Error, ctx: Arc<Context>) -> Action {
+fn error_policy(promotion: Arc<Decoded<Promotion>>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.reconcile_failed(CONTROLLER, error.kind());
     let attempts = ctx.failed(&promotion.uid().unwrap_or_default());
     let delay = ctx.timing.backoff(attempts);

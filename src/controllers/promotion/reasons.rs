@@ -19,6 +19,9 @@ pub const REGISTRY_UNAVAILABLE: &str = "RegistryUnavailable";
 // `Stalled` reasons decided without the registry.
 /// `spec.buildRef` names no `ZfsImageBuild` in the namespace.
 pub const BUILD_NOT_FOUND: &str = "BuildNotFound";
+/// The build exists but the operator cannot read it (a field its types do not accept; the
+/// build itself says which with `Stalled`/`Unreadable`).
+pub const BUILD_UNREADABLE: &str = "BuildUnreadable";
 /// The build (or the run) is `Branch` or `Validate`: never promotable (design §3.8).
 pub const BUILD_NOT_PROMOTABLE: &str = "BuildNotPromotable";
 /// The pinned run or digest is not a run of the build (not in its status nor its run records).

@@ -22,7 +22,8 @@ use super::plan::{Decision, Input, Outcome, decide, events, next_status};
 use super::reasons;
 use crate::api::promotion::PromotionStatus;
 use crate::api::{Promotion, ZfsImageBuild};
-use crate::controllers::runtime::{MAX_EVENT_NOTE, ready, secret_credentials, truncate};
+use crate::controllers::decoded::{Decoded, record_unreadable};
+use crate::controllers::runtime::{CACHE_RETRY, CACHE_WAIT, MAX_EVENT_NOTE, ready, secret_credentials, truncate};
 use crate::jobs::{LABEL_BUILD, LABEL_STEP, MANAGER, STEP_RUN_RECORD, build_label_value};
 use crate::pipeline::records::{PROVENANCE_KEY, RecordedRun, parse_provenance};
 use crate::registry::OciRegistry;
@@ -31,7 +32,7 @@ use crate::registry::OciRegistry;
 /// may have arrived while it was in flight).
 const AFTER_PROMOTION: Duration = Duration::from_secs(1);
 
-pub(super) async fn reconcile(cached: Arc<Promotion>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub(super) async fn reconcile(cached: Arc<Decoded<Promotion>>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     ctx.metrics.reconcile_started(CONTROLLER);
     let namespace = cached.namespace().unwrap_or_default();
@@ -75,8 +76,14 @@ async fn reconcile_promotion(namespace: &str, name: &str, ctx: &Context) -> Resu
     // status.inProgress is the journal of a promotion in flight; the cache can be behind this
     // controller's last write of it, and planning from a stale journal could start a second
     // promotion beside the first. A read from the API server is current.
-    let Some(promotion) = api.get_opt(name).await? else {
-        return Ok(Reconciled::Settled);
+    let decoded = Api::<Decoded<Promotion>>::namespaced(ctx.client.clone(), namespace);
+    let promotion = match decoded.get_opt(name).await? {
+        None => return Ok(Reconciled::Settled),
+        Some(Decoded::Typed(promotion)) => promotion,
+        Some(Decoded::Unreadable(unreadable)) => {
+            record_unreadable(&decoded, &ctx.recorder, &unreadable, &Time(ctx.now())).await?;
+            return Ok(Reconciled::Settled);
+        }
     };
     if promotion.meta().deletion_timestamp.is_some() {
         return Ok(Reconciled::Settled);
@@ -85,15 +92,34 @@ async fn reconcile_promotion(namespace: &str, name: &str, ctx: &Context) -> Resu
     tracing::Span::current().record("generation", promotion.meta().generation);
 
     // Observe. Claims are computed from the build cache: it must hold a complete list first, or
-    // an older Promotion whose build is not cached yet would claim nothing.
-    ready(&ctx.caches.builds).await;
+    // an older Promotion whose build is not cached yet would claim nothing. The wait is bounded
+    // so that a cache that cannot list never holds a reconcile, and with it shutdown, forever.
+    if tokio::time::timeout(CACHE_WAIT, ready(&ctx.caches.builds)).await.is_err() {
+        debug!("build cache not synced yet");
+        return Ok(Reconciled::SettledAfter(CACHE_RETRY));
+    }
     let build_name = &promotion.spec.build_ref.name;
-    let build = match ctx.caches.builds.get(&ObjectRef::new(build_name).within(namespace)) {
+    let cached_build = match ctx.caches.builds.get(&ObjectRef::new(build_name).within(namespace)) {
         Some(build) => Some(build),
         // A build created just before its Promotion may not be in the cache yet: ask the API
         // server before calling it missing.
-        None => {
-            Api::<ZfsImageBuild>::namespaced(ctx.client.clone(), namespace).get_opt(build_name).await?.map(Arc::new)
+        None => Api::<Decoded<ZfsImageBuild>>::namespaced(ctx.client.clone(), namespace)
+            .get_opt(build_name)
+            .await?
+            .map(Arc::new),
+    };
+    let build = match cached_build.as_deref() {
+        None => None,
+        Some(Decoded::Typed(build)) => Some(build),
+        Some(Decoded::Unreadable(unreadable)) => {
+            let message = format!(
+                "ZfsImageBuild {build_name} cannot be read by the operator ({}); nothing is promoted from it until it is fixed",
+                unreadable.problem
+            );
+            StatusJournal::new(&api, &promotion, ctx)
+                .record(&Outcome::refused(reasons::BUILD_UNREADABLE, message))
+                .await?;
+            return Ok(Reconciled::SettledAfter(ctx.timing.recheck));
         }
     };
     let claims: Vec<Claim> = ctx
@@ -101,18 +127,18 @@ async fn reconcile_promotion(namespace: &str, name: &str, ctx: &Context) -> Resu
         .promotions
         .state()
         .iter()
+        .filter_map(|p| p.typed())
         .map(|p| {
             let build_ref = ObjectRef::new(&p.spec.build_ref.name).within(&p.namespace().unwrap_or_default());
-            Claim::of(p, ctx.caches.builds.get(&build_ref).as_deref())
+            Claim::of(p, ctx.caches.builds.get(&build_ref).as_deref().and_then(Decoded::typed))
         })
         .collect();
-    let conflict = conflict(&Claim::of(&promotion, build.as_deref()), &claims);
-    let mut input =
-        Input { promotion: &promotion, build: build.as_deref(), records: None, conflict: conflict.as_ref() };
+    let conflict = conflict(&Claim::of(&promotion, build), &claims);
+    let mut input = Input { promotion: &promotion, build, records: None, conflict: conflict.as_ref() };
     let mut decision = decide(&input);
     let records;
     if matches!(decision, Decision::NeedRecords)
-        && let Some(build) = build.as_deref()
+        && let Some(build) = build
     {
         records = read_records(build, ctx).await?;
         input.records = Some(&records);
@@ -149,7 +175,7 @@ async fn reconcile_promotion(namespace: &str, name: &str, ctx: &Context) -> Resu
 
     // Registry: the build's credentials (a promotion in flight whose build was deleted goes on
     // with the operator's own credentials).
-    let registry = match registry_for(build.as_deref(), namespace, ctx).await? {
+    let registry = match registry_for(build, namespace, ctx).await? {
         Ok(registry) => registry,
         Err(message) => {
             let outcome = Outcome::RegistryFailed {

@@ -15,6 +15,7 @@ mod failures;
 mod plan;
 mod promotion;
 mod runs;
+mod unreadable;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -191,8 +192,15 @@ impl Env {
         self.registry.host()
     }
 
-    /// Starts an operator (fresh memory, as after a restart of the process).
+    /// Starts an operator (fresh memory, as after a restart of the process) and waits until it
+    /// is ready.
     pub async fn start_operator(&mut self) {
+        self.launch_operator().await;
+        eventually("the operator is ready", || async { self.operator().is_ready() }).await;
+    }
+
+    /// Starts an operator without waiting for its caches.
+    pub async fn launch_operator(&mut self) {
         assert!(self.operator.is_none(), "an operator is already running");
         let insecure = [self.host().to_string()].into_iter().collect();
         let pool = Arc::new(ClientPool::new(insecure, Default::default(), self.requests.clone()));
@@ -219,7 +227,6 @@ impl Env {
             },
         };
         let operator = Operator::start(self.client.clone(), settings, pool).await.expect("operator starts");
-        eventually("the operator is ready", || async { operator.is_ready() }).await;
         self.operator = Some(operator);
     }
 
