@@ -224,7 +224,8 @@ impl Collector for Snapshot {
         let memory = self.scan_memory.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let family = Family::<Labels, Counter>::default();
         for question in Question::ALL {
-            let (read, remembered) = memory.as_ref().map_or((0, 0), |m| (m.bytes_read(question), m.bytes_remembered(question)));
+            let (read, remembered) =
+                memory.as_ref().map_or((0, 0), |m| (m.bytes_read(question), m.bytes_remembered(question)));
             let work = question.work_label();
             family.get_or_create(&labels(&[("work", work), ("source", "registry")])).inc_by(read);
             family.get_or_create(&labels(&[("work", work), ("source", "memory")])).inc_by(remembered);

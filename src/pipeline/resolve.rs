@@ -278,8 +278,8 @@ impl Resolver {
         let kernels = cell
             .get_or_try_init(|| async {
                 self.scans.fetch_add(1, Ordering::Relaxed);
-                let view =
-                    scan_remembered(registry, &image.reference, image.layers(), Question::Kernels, &self.memory).await?;
+                let view = scan_remembered(registry, &image.reference, image.layers(), Question::Kernels, &self.memory)
+                    .await?;
                 log_kernel_scan(image, &view);
                 Ok::<_, layers::Error>(Arc::from(kernel_releases(&view)))
             })

@@ -390,7 +390,11 @@ fn decode(bytes: &[u8], question: Question, digest: &str) -> Result<LayerChanges
         if count > r.0.len() / 16 {
             return Err("set longer than the file");
         }
-        *set = PathSet((0..count).map(|_| r.take(16).map(|b| u128::from_le_bytes(b.try_into().unwrap_or_default()))).collect::<Result<_, _>>()?);
+        *set = PathSet(
+            (0..count)
+                .map(|_| r.take(16).map(|b| u128::from_le_bytes(b.try_into().unwrap_or_default())))
+                .collect::<Result<_, _>>()?,
+        );
         // Lookups binary-search the set; never trust the file to be sorted.
         set.seal();
     }
@@ -601,10 +605,12 @@ mod tests {
         let (registry, descriptors, image) = sample();
         let dir = tempfile::tempdir().unwrap();
         let memory = ScanMemory::default().with_dir(dir.path()).unwrap();
-        let view = runtime()
-            .block_on(scan_remembered(&registry, &image, &descriptors, Question::Kernels, &memory))
-            .unwrap();
-        assert_eq!(view.directories().collect::<Vec<_>>(), ["usr/lib/modules/6.2.0-1.fc43.x86_64", "usr/lib/modules/6.3"]);
+        let view =
+            runtime().block_on(scan_remembered(&registry, &image, &descriptors, Question::Kernels, &memory)).unwrap();
+        assert_eq!(
+            view.directories().collect::<Vec<_>>(),
+            ["usr/lib/modules/6.2.0-1.fc43.x86_64", "usr/lib/modules/6.3"]
+        );
         for (i, layer) in descriptors.iter().enumerate() {
             let kept = memory.get(Question::Kernels, &layer.digest).unwrap();
             let hex = layer.digest.strip_prefix("sha256:").unwrap();
@@ -628,7 +634,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let rt = runtime();
         let first = ScanMemory::default().with_dir(dir.path()).unwrap();
-        let expected = rt.block_on(scan_remembered(&registry, &image, &descriptors, Question::Kernels, &first)).unwrap();
+        let expected =
+            rt.block_on(scan_remembered(&registry, &image, &descriptors, Question::Kernels, &first)).unwrap();
         let hex = descriptors[0].digest.strip_prefix("sha256:").unwrap();
         let file = dir.path().join("kernels-v1").join(format!("sha256-{hex}"));
         let good = std::fs::read(&file).unwrap();
@@ -637,7 +644,8 @@ mod tests {
         for bad in [Vec::new(), good[..good.len() / 2].to_vec(), flipped, b"garbage".to_vec()] {
             std::fs::write(&file, &bad).unwrap();
             let memory = ScanMemory::default().with_dir(dir.path()).unwrap();
-            let view = rt.block_on(scan_remembered(&registry, &image, &descriptors, Question::Kernels, &memory)).unwrap();
+            let view =
+                rt.block_on(scan_remembered(&registry, &image, &descriptors, Question::Kernels, &memory)).unwrap();
             assert_eq!(entries(&view), entries(&expected));
             assert_eq!((memory.rejected_files(), memory.disk_hits(), view.layers_remembered()), (1, 1, 1));
             assert_eq!(view.bytes_read(), descriptors[0].size as u64, "only the corrupt layer is read again");

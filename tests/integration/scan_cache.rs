@@ -73,10 +73,7 @@ fn layer_bytes(proxy: &FaultProxy, sizes: &HashMap<String, u64>) -> u64 {
 }
 
 fn sizes_of(images: &[&PushedImage]) -> HashMap<String, u64> {
-    images
-        .iter()
-        .flat_map(|i| i.layer_digests.iter().cloned().zip(i.layer_sizes.iter().copied()))
-        .collect()
+    images.iter().flat_map(|i| i.layer_digests.iter().cloned().zip(i.layer_sizes.iter().copied())).collect()
 }
 
 /// The persisted entry of one layer for one question.
@@ -108,7 +105,11 @@ async fn resolve_with_a_scan_cache_reads_only_the_changed_layers() {
     let (first, next) = nights();
     let night1 = push_night(&pusher, &first, "20260227.1").await;
     pusher
-        .push_image(BUILDER_REPO, Some("latest"), &ImageSpec::new(vec![Layer::gzip(vec![Entry::file("usr/bin/just", b"x".to_vec())])]))
+        .push_image(
+            BUILDER_REPO,
+            Some("latest"),
+            &ImageSpec::new(vec![Layer::gzip(vec![Entry::file("usr/bin/just", b"x".to_vec())])]),
+        )
         .await;
     let proxy = FaultProxy::start(registry.host()).await;
     let host = proxy.host().to_string();
@@ -242,9 +243,7 @@ async fn verify_and_cache_check_with_a_scan_cache() {
         json
     };
 
-    for (args, image, question_dir) in
-        [(&verify, &candidate, "verify-v1"), (&check, &cache, "cache-scan-v1")]
-    {
+    for (args, image, question_dir) in [(&verify, &candidate, "verify-v1"), (&check, &cache, "cache-scan-v1")] {
         let plain = operator(args.clone()).await;
         let total: u64 = image.layer_sizes.iter().sum();
         assert_eq!(stable(&plain)["bytes_read"], total, "{}", plain.stdout);
