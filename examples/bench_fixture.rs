@@ -13,7 +13,11 @@
 //! - `bench/devcontainer:latest`: a small builder image;
 //! - `bench/kinoite-zfs-candidate:1-43`: the base layers plus a ZFS delta layer of `--delta-mib`
 //!   (zfs, zpool, `zfs.ko.xz` for both kernels);
-//! - `bench/promote-candidate:1-43`: an image with one `--big-layer-mib` layer (promotion benchmark).
+//! - `bench/promote-candidate:1-43`: an image with one `--big-layer-mib` layer (promotion benchmark);
+//! - `bench/kinoite-next:latest` (+ `latest-20260228.1`, `43-20260228.1`): the "next night" base
+//!   (nightly benchmark): the base's layers (mounted) with its last two replaced by two new layers of
+//!   the same size, one carrying a new kernel directory, one whiting out the oldest kernel (and, like
+//!   the layer it replaces, the removed one).
 
 #[path = "../tests/support/mod.rs"]
 #[allow(unused_imports)]
@@ -28,6 +32,8 @@ use support::registry::Registry;
 
 pub const KERNELS: [&str; 2] = ["6.18.12-200.fc43.x86_64", "6.18.13-200.fc43.x86_64"];
 const REMOVED_KERNEL: &str = "6.18.9-200.fc43.x86_64";
+/// The next night's new kernel; the next night's kernels are `KERNELS[1]` and this one.
+const NEXT_KERNEL: &str = "6.18.14-200.fc43.x86_64";
 
 struct Args {
     env_file: PathBuf,
@@ -184,16 +190,55 @@ async fn main() {
     .await;
     let promote_digest = push_manifest(&pusher, "bench/promote-candidate", &["1-43"], &[&big], &base_labels).await;
 
+    // The next night: all but the last two base layers unchanged, then two new ones.
+    let kept = args.layers.saturating_sub(2);
+    for layer in &base_layers[..kept] {
+        mount(&registry, "bench/kinoite-next", "bench/kinoite-main", &layer.digest).await;
+    }
+    let new_kernel = vec![
+        Entry::dir(&format!("usr/lib/modules/{NEXT_KERNEL}")),
+        Entry::file(&format!("usr/lib/modules/{NEXT_KERNEL}/vmlinuz"), b"kernel".to_vec()),
+        Entry::file("usr/share/bench/next-a", noise(per_layer, 1001)),
+    ];
+    let whiteouts = vec![
+        Entry::whiteout(&format!("usr/lib/modules/{}", KERNELS[0])),
+        Entry::whiteout(&format!("usr/lib/modules/{REMOVED_KERNEL}")),
+        Entry::file("usr/share/bench/next-b", noise(per_layer, 1002)),
+    ];
+    let mut changed = Vec::new();
+    for entries in [new_kernel, whiteouts] {
+        changed.push(push_layer(&pusher, "bench/kinoite-next", Layer::gzip(entries)).await);
+    }
+    let mut next_refs: Vec<&PushedLayer> = base_layers[..kept].iter().collect();
+    next_refs.extend(changed.iter());
+    let mut next_labels = base_labels.clone();
+    next_labels.insert("ostree.linux", NEXT_KERNEL);
+    next_labels.insert("org.opencontainers.image.version", "43.20260228.1");
+    let next_digest = push_manifest(
+        &pusher,
+        "bench/kinoite-next",
+        &["latest", "latest-20260228.1", "43-20260228.1"],
+        &next_refs,
+        &next_labels,
+    )
+    .await;
+
     let env = format!(
         "REGISTRY={host}\nBASE_REF={host}/bench/kinoite-main:latest\nBASE_DIGEST={base_digest}\n\
          BUILDER_REF={host}/bench/devcontainer:latest\nBUILDER_DIGEST={builder_digest}\n\
          CANDIDATE_REF={host}/bench/kinoite-zfs-candidate@{candidate_digest}\nCANDIDATE_DIGEST={candidate_digest}\n\
          PROMOTE_REF={host}/bench/promote-candidate@{promote_digest}\nPROMOTE_DIGEST={promote_digest}\n\
-         KERNELS=\"{}\"\nBASE_BYTES={}\nDELTA_BYTES={}\nBIG_LAYER_BYTES={}\n",
+         KERNELS=\"{}\"\nBASE_BYTES={}\nDELTA_BYTES={}\nBIG_LAYER_BYTES={}\n\
+         NEXT_REF={host}/bench/kinoite-next:latest\nNEXT_DIGEST={next_digest}\nNEXT_KERNELS=\"{} {NEXT_KERNEL}\"\n\
+         NEXT_BYTES={}\nNEXT_CHANGED_BYTES={}\nNEXT_LAYERS={}\n",
         KERNELS.join(" "),
         base_layers.iter().map(|l| l.size).sum::<usize>(),
         delta_layer.size,
         big.size,
+        KERNELS[1],
+        next_refs.iter().map(|l| l.size).sum::<usize>(),
+        changed.iter().map(|l| l.size).sum::<usize>(),
+        next_refs.len(),
     );
     std::fs::write(&args.env_file, env).expect("write env file");
     eprintln!("ready: wrote {}; Ctrl-C or SIGTERM stops the registry", args.env_file.display());

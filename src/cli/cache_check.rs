@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::Args;
 use serde::Serialize;
 
-use super::common::{OutputFormat, RegistryArgs, write_output};
+use super::common::{OutputFormat, RegistryArgs, ScanCacheArgs, log_scan_memory, write_output};
 use crate::api::build::{CacheCheckMethod, CacheStatus};
 use crate::pipeline::cache::{CacheInputs, CacheQuery, check_cache};
 use crate::registry::{ImageRef, OciRegistry};
@@ -37,6 +37,9 @@ pub struct CacheCheckArgs {
 
     #[command(flatten)]
     pub registry: RegistryArgs,
+
+    #[command(flatten)]
+    pub scan_cache: ScanCacheArgs,
 
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Json)]
@@ -73,7 +76,9 @@ pub async fn run(args: &CacheCheckArgs) -> Result<ExitCode, super::Error> {
         },
     };
     let registry = OciRegistry::from_args(&args.registry)?;
-    let check = check_cache(&registry, &query).await?;
+    let memory = args.scan_cache.memory()?;
+    let check = check_cache(&registry, &query, &memory).await?;
+    log_scan_memory(&memory);
     let verdict = check.verdict;
     let output = Output {
         status: match verdict.status {

@@ -44,6 +44,8 @@ pub enum Error {
     CacheCheck(#[from] crate::pipeline::cache::Error),
     #[error(transparent)]
     Verify(#[from] crate::pipeline::verify::Error),
+    #[error(transparent)]
+    ScanCache(#[from] crate::pipeline::scan_memory::Error),
 }
 
 impl From<crate::registry::Error> for Error {
@@ -60,7 +62,8 @@ impl Error {
     /// The process exit code for this error.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Registry(_) | Error::CacheCheck(_) | Error::Verify(_) => EXIT_NO_VERDICT,
+            // A --scan-cache directory that cannot be used is a usage error (2) for every command.
+            Error::Registry(_) | Error::CacheCheck(_) | Error::Verify(_) | Error::ScanCache(_) => EXIT_NO_VERDICT,
             Error::Resolve(err) => err.exit_code(),
             _ => 1,
         }

@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use clap::{Args, ValueEnum};
 use k8s_openapi::jiff::Timestamp;
 
-use super::common::{OutputFormat, RegistryArgs, write_output};
+use super::common::{OutputFormat, RegistryArgs, ScanCacheArgs, log_scan_memory, write_output};
 use crate::api::build::{
     DEFAULT_AKMODS_REVISION, DEFAULT_BASE_IMAGE, DEFAULT_BUILDER_IMAGE, DEFAULT_ZFS_MINOR_VERSION, KernelPolicy,
 };
@@ -95,6 +95,9 @@ pub struct ResolveArgs {
     #[command(flatten)]
     pub registry: RegistryArgs,
 
+    #[command(flatten)]
+    pub scan_cache: ScanCacheArgs,
+
     /// Output format (JSON is the reference's build-inputs layout).
     #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Json)]
     pub output: OutputFormat,
@@ -125,7 +128,9 @@ pub fn request(args: &ResolveArgs) -> Result<Request, Error> {
 pub async fn run(args: &ResolveArgs) -> Result<ExitCode, super::Error> {
     let request = request(args)?;
     let registry = OciRegistry::from_args(&args.registry).map_err(Error::from)?;
-    let inputs = Resolver::new().resolve(&registry, &request).await.map_err(Error::from)?;
+    let resolver = Resolver::with_memory(std::sync::Arc::new(args.scan_cache.memory()?));
+    let inputs = resolver.resolve(&registry, &request).await.map_err(Error::from)?;
+    log_scan_memory(resolver.memory());
     let policy = match args.kernels {
         Kernels::All => KernelPolicy::All,
         Kernels::Newest => KernelPolicy::Newest,
@@ -148,6 +153,7 @@ mod tests {
             lock,
             kernels: Kernels::All,
             registry: RegistryArgs::default(),
+            scan_cache: ScanCacheArgs::default(),
             output: OutputFormat::Json,
         }
     }

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::Args;
 use serde::Serialize;
 
-use super::common::{OutputFormat, RegistryArgs, write_output};
+use super::common::{OutputFormat, RegistryArgs, ScanCacheArgs, log_scan_memory, write_output};
 use crate::pipeline::verify::{Scope, VerifyQuery, verify};
 use crate::registry::{ImageRef, OciRegistry};
 
@@ -33,6 +33,9 @@ pub struct VerifyArgs {
 
     #[command(flatten)]
     pub registry: RegistryArgs,
+
+    #[command(flatten)]
+    pub scan_cache: ScanCacheArgs,
 
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Json)]
@@ -82,7 +85,9 @@ pub async fn run(args: &VerifyArgs) -> Result<ExitCode, super::Error> {
         base_image: args.base_image.as_deref().map(parse).transpose()?,
     };
     let registry = OciRegistry::from_args(&args.registry)?;
-    let v = verify(&registry, &query).await?;
+    let memory = args.scan_cache.memory()?;
+    let v = verify(&registry, &query, &memory).await?;
+    log_scan_memory(&memory);
     let (mode, base_image, base_layers, note) = match v.scope {
         Scope::Delta { base, base_layers } => ("delta", Some(base), base_layers, None),
         Scope::Full { reason } => ("full", None, 0, reason),

@@ -10,6 +10,7 @@
 //! | `kzo_promotion_events_total` | `reason` | Promotion transitions (`PromotionStarted`, `Promoted`, `PromotionStalled`, `RegistryUnavailable`) |
 //! | `kzo_registry_work_total` | `work`, `outcome` | registry work items done by the controller |
 //! | `kzo_registry_requests_total` | `result` | registry HTTP answers by class (the client pool's counters) |
+//! | `kzo_layer_bytes_total` | `work`, `source` | compressed layer bytes scanned by `work` (`resolve`, `check-cache`, `verify`): `source="registry"` downloaded, `source="memory"` answered by the scan memory instead |
 //! | `kzo_builds` | | `ZfsImageBuild`s in the controller's cache |
 //!
 //! Label values are bounded sets (kinds, triggers, reasons), never object names.
@@ -25,6 +26,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::pipeline::scan_memory::{Question, ScanMemory};
 use crate::registry::RequestCounters;
 
 type Labels = Vec<(String, String)>;
@@ -44,7 +46,11 @@ pub struct Metrics {
     registry_work: Family<Labels, Counter>,
     promotion_events: Family<Labels, Counter>,
     builds: BuildCount,
+    scan_memory: MemorySource,
 }
+
+/// Where `kzo_layer_bytes_total` is read from at scrape time (the client pool's scan memory).
+type MemorySource = Arc<Mutex<Option<Arc<ScanMemory>>>>;
 
 /// Where `kzo_builds` is read from at scrape time (the controller's cache).
 type BuildCount = Arc<Mutex<Option<Box<dyn Fn() -> usize + Send + Sync>>>>;
@@ -92,7 +98,12 @@ impl Metrics {
             promotion_events.clone(),
         );
         let builds = BuildCount::default();
-        registry.register_collector(Box::new(Snapshot { requests, builds: builds.clone() }));
+        let scan_memory = MemorySource::default();
+        registry.register_collector(Box::new(Snapshot {
+            requests,
+            builds: builds.clone(),
+            scan_memory: scan_memory.clone(),
+        }));
         Metrics {
             registry,
             reconciles,
@@ -103,6 +114,7 @@ impl Metrics {
             registry_work,
             promotion_events,
             builds,
+            scan_memory,
         }
     }
 
@@ -139,6 +151,11 @@ impl Metrics {
         *self.builds.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(count));
     }
 
+    /// `kzo_layer_bytes_total` reads `memory`'s byte counters at every scrape.
+    pub fn count_layer_bytes_from(&self, memory: Arc<ScanMemory>) {
+        *self.scan_memory.lock().unwrap_or_else(|e| e.into_inner()) = Some(memory);
+    }
+
     /// The Prometheus text format (0.0.4) of every metric.
     pub fn encode(&self) -> String {
         let mut text = String::new();
@@ -173,6 +190,7 @@ pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CON
 struct Snapshot {
     requests: Arc<RequestCounters>,
     builds: BuildCount,
+    scan_memory: MemorySource,
 }
 
 impl fmt::Debug for Snapshot {
@@ -203,6 +221,22 @@ impl Collector for Snapshot {
             builds.metric_type(),
         )?;
         builds.encode(metric)?;
+        let memory = self.scan_memory.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let family = Family::<Labels, Counter>::default();
+        for question in Question::ALL {
+            let (read, remembered) =
+                memory.as_ref().map_or((0, 0), |m| (m.bytes_read(question), m.bytes_remembered(question)));
+            let work = question.work_label();
+            family.get_or_create(&labels(&[("work", work), ("source", "registry")])).inc_by(read);
+            family.get_or_create(&labels(&[("work", work), ("source", "memory")])).inc_by(remembered);
+        }
+        let metric = encoder.encode_descriptor(
+            "kzo_layer_bytes",
+            "Compressed layer bytes scanned, by registry work (resolve, check-cache, verify) and source: registry (downloaded) or memory (answered by the scan memory)",
+            None,
+            family.metric_type(),
+        )?;
+        family.encode(metric)?;
         Ok(())
     }
 }
@@ -225,6 +259,11 @@ mod tests {
         metrics.run_finished("failed", "ImageJobFailed");
         metrics.registry_work("resolve", "ok");
         metrics.count_builds_with(|| 3);
+        let memory = Arc::new(ScanMemory::default());
+        memory.record(Question::Kernels, Some(1000), 1000);
+        memory.record(Question::Kernels, None, 700);
+        memory.record(Question::Verify, Some(5), 5);
+        metrics.count_layer_bytes_from(memory);
         let text = metrics.encode();
         for line in [
             "kzo_reconciles_total{controller=\"ZfsImageBuild\"} 1",
@@ -237,6 +276,10 @@ mod tests {
             "kzo_registry_requests_total{result=\"unauthorized\"} 1",
             "kzo_registry_requests_total{result=\"absent\"} 0",
             "kzo_builds 3",
+            "kzo_layer_bytes_total{work=\"resolve\",source=\"registry\"} 1000",
+            "kzo_layer_bytes_total{work=\"resolve\",source=\"memory\"} 700",
+            "kzo_layer_bytes_total{work=\"verify\",source=\"registry\"} 5",
+            "kzo_layer_bytes_total{work=\"check-cache\",source=\"registry\"} 0",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
         }

@@ -60,6 +60,7 @@ impl Operator {
             .map_err(|source| Error::Listen { address: settings.http_address, source })?;
         let http_address = listener.local_addr().unwrap_or(settings.http_address);
         let metrics = Arc::new(Metrics::new(pool.counters().clone()));
+        metrics.count_layer_bytes_from(pool.scan_memory().clone());
         let state = Arc::new(http::State { ready: Default::default(), metrics: metrics.clone() });
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (build_resync, build_resync_rx) = mpsc::unbounded_channel();

@@ -20,7 +20,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::api::build::{CacheCheckMethod, CacheStatus};
 use crate::pipeline::kernels;
-use crate::pipeline::layers::{self, MergedView, scan_layers};
+use crate::pipeline::layers::{self, MergedView, scan_remembered};
+use crate::pipeline::scan_memory::{Question, ScanMemory};
 use crate::registry::{self, AnswerClass, ImageRef, RegistryClient, image_config, resolve_fetched};
 
 /// Label keys of akmods cache images. The first two are the reference's (§2.6); the input labels
@@ -156,8 +157,13 @@ pub struct CacheCheck {
     pub bytes_read: u64,
 }
 
-/// Decides whether the cache image covers the query (see the module docs).
-pub async fn check_cache<R: RegistryClient + ?Sized>(registry: &R, query: &CacheQuery) -> Result<CacheCheck, Error> {
+/// Decides whether the cache image covers the query (see the module docs); layers `memory`
+/// remembers are not read again.
+pub async fn check_cache<R: RegistryClient + ?Sized>(
+    registry: &R,
+    query: &CacheQuery,
+    memory: &ScanMemory,
+) -> Result<CacheCheck, Error> {
     if query.kernel_releases.is_empty() {
         return Err(Error::NoKernels);
     }
@@ -189,7 +195,7 @@ pub async fn check_cache<R: RegistryClient + ?Sized>(registry: &R, query: &Cache
     let (covered, method, bytes_read) = match label_coverage(&config.labels) {
         Some(covered) => (covered, CacheCheckMethod::Labels, 0),
         None => {
-            let view = scan_layers(registry, &resolved.reference, resolved.layers(), is_kmod_rpm_path)
+            let view = scan_remembered(registry, &resolved.reference, resolved.layers(), Question::CacheScan, memory)
                 .await
                 .map_err(|source| Error::Scan { image: image.to_string(), source: Box::new(source) })?;
             let covered = scan_coverage(&view, &query.kernel_releases);

@@ -21,7 +21,6 @@
 //! passes only the layers on top of them.
 
 use std::collections::BTreeMap;
-use std::hash::{BuildHasher, RandomState};
 use std::io::{self, BufReader, Read};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -30,6 +29,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
+use super::scan_memory::{Question, ScanMemory};
 use crate::registry::{self, ImageRef, OciDescriptor, RegistryClient};
 
 /// Errors of a layer scan.
@@ -103,6 +103,7 @@ pub struct MergedView {
     entries: BTreeMap<String, EntryKind>,
     bytes_read: u64,
     layers_scanned: usize,
+    layers_remembered: usize,
     entries_seen: u64,
 }
 
@@ -146,8 +147,14 @@ impl MergedView {
         self.bytes_read
     }
 
+    /// Layers applied (read or remembered).
     pub fn layers_scanned(&self) -> usize {
         self.layers_scanned
+    }
+
+    /// Layers answered by the scan memory instead of being downloaded.
+    pub fn layers_remembered(&self) -> usize {
+        self.layers_remembered
     }
 
     /// Tar entries read, over all layers (whiteouts included).
@@ -172,28 +179,23 @@ const ZSTD_WINDOW_LOG_MAX: u32 = 25;
 /// gzip's 32 KiB) and a few pipeline chunks, which keeps the scan's memory bounded.
 const MAX_PARALLEL_LAYERS: usize = 2;
 
-/// Keys of normalized paths: two independently, randomly keyed SipHash values (128 bits), so a
-/// layer's removals can be remembered in 16 bytes per path whatever the path length, and a
-/// collision is neither practical to craft nor likely by chance.
-#[derive(Clone)]
-struct PathHasher(RandomState, RandomState);
-
-impl PathHasher {
-    fn new() -> PathHasher {
-        PathHasher(RandomState::new(), RandomState::new())
-    }
-
-    fn key(&self, path: &str) -> u128 {
-        (u128::from(self.0.hash_one(path)) << 64) | u128::from(self.1.hash_one(path))
-    }
+/// The key of a normalized path: the first 128 bits of its SHA-256, so a layer's removals are
+/// remembered in 16 bytes per path whatever the path length. The key is the same in every merger
+/// and every process, which is what lets a layer's [`LayerChanges`] be remembered (in memory and
+/// on disk, [`super::scan_memory`]) and applied in any later scan; a collision is neither likely
+/// by chance nor practical to craft (about 2^64 work for a truncated SHA-256).
+pub(crate) fn path_key(path: &str) -> u128 {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(path.as_bytes());
+    u128::from_be_bytes(digest[..16].try_into().unwrap_or_default())
 }
 
 /// A set of path keys (sorted once the layer is read).
-#[derive(Default)]
-struct PathSet(Vec<u128>);
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct PathSet(pub(crate) Vec<u128>);
 
 impl PathSet {
-    fn seal(&mut self) {
+    pub(crate) fn seal(&mut self) {
         self.0.sort_unstable();
         self.0.dedup();
         self.0.shrink_to_fit();
@@ -207,29 +209,55 @@ impl PathSet {
 /// What one layer does to the merged view, read from the layer alone so that layers can be read
 /// in parallel; [`LayerMerger::apply`] applies it on top of the lower layers, in order. Within a
 /// layer the order of entries does not matter for the lower layers (whiteouts, opaque markers and
-/// replacements only ever touch them), so a summary is exact.
+/// replacements only ever touch them), so a summary is exact. A summary depends only on the
+/// layer's bytes and the interest, so it can be remembered by layer digest and question
+/// ([`super::scan_memory`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LayerChanges {
     /// This layer's entries of interest and the implied parent directories of interest.
-    upper: BTreeMap<String, EntryKind>,
+    pub(crate) upper: BTreeMap<String, EntryKind>,
     /// Whiteout targets: removed from the lower layers with everything below them.
-    whiteouts: PathSet,
+    pub(crate) whiteouts: PathSet,
     /// Directories with an opaque marker (`""` for the root): the lower layers' contents below
     /// them are hidden.
-    opaque: PathSet,
+    pub(crate) opaque: PathSet,
     /// Paths of non-directory entries: each replaces whatever the lower layers had below it.
-    replaced: PathSet,
-    entries_seen: u64,
+    pub(crate) replaced: PathSet,
+    pub(crate) entries_seen: u64,
 }
 
 impl LayerChanges {
+    /// Approximate heap bytes this summary holds (what the scan memory's bound counts): 16 bytes
+    /// per remembered path key, each kept entry's path and link target plus map overhead.
+    pub fn weight(&self) -> u64 {
+        let keys = self.whiteouts.0.len() + self.opaque.0.len() + self.replaced.0.len();
+        let entries: usize = self
+            .upper
+            .iter()
+            .map(|(path, kind)| {
+                let target = match kind {
+                    EntryKind::HardLink { target } | EntryKind::Symlink { target } => target.len(),
+                    _ => 0,
+                };
+                path.len() + target + 80
+            })
+            .sum();
+        (keys * 16 + entries + 128) as u64
+    }
+
+    /// Tar entries of the layer (whiteouts included).
+    pub fn entries_seen(&self) -> u64 {
+        self.entries_seen
+    }
+
     /// Whether a lower entry at `path` does not survive this layer.
-    fn removes(&self, hasher: &PathHasher, path: &str) -> bool {
-        if self.whiteouts.contains(hasher.key(path)) || self.opaque.contains(hasher.key("")) {
+    fn removes(&self, path: &str) -> bool {
+        if self.whiteouts.contains(path_key(path)) || self.opaque.contains(path_key("")) {
             return true;
         }
         let mut end = 0;
         while let Some(slash) = path[end..].find('/') {
-            let key = hasher.key(&path[..end + slash]);
+            let key = path_key(&path[..end + slash]);
             if self.whiteouts.contains(key) || self.opaque.contains(key) || self.replaced.contains(key) {
                 return true;
             }
@@ -243,7 +271,6 @@ impl LayerChanges {
 #[derive(Clone)]
 pub struct LayerReader {
     interest: Interest,
-    hasher: PathHasher,
 }
 
 impl LayerReader {
@@ -266,15 +293,9 @@ impl LayerReader {
 
     /// Reads one uncompressed tar layer from `reader`, which is read to its end.
     pub fn read_tar<R: Read>(&self, reader: R) -> Result<LayerChanges, String> {
-        let key = |path: &str| self.hasher.key(path);
+        let key = path_key;
         let mut counting = Counting { inner: reader, count: 0 };
-        let mut changes = LayerChanges {
-            upper: BTreeMap::new(),
-            whiteouts: PathSet::default(),
-            opaque: PathSet::default(),
-            replaced: PathSet::default(),
-            entries_seen: 0,
-        };
+        let mut changes = LayerChanges::default();
         let mut end_of_entries = 0u64;
         {
             let mut archive = tar::Archive::new(&mut counting);
@@ -344,12 +365,7 @@ pub struct LayerMerger {
 
 impl LayerMerger {
     pub fn new(interest: Interest) -> LayerMerger {
-        LayerMerger {
-            reader: LayerReader { interest, hasher: PathHasher::new() },
-            lower: BTreeMap::new(),
-            layers: 0,
-            entries_seen: 0,
-        }
+        LayerMerger { reader: LayerReader { interest }, lower: BTreeMap::new(), layers: 0, entries_seen: 0 }
     }
 
     /// A reader whose [`LayerChanges`] this merger can apply (layers may be read in parallel).
@@ -359,10 +375,9 @@ impl LayerMerger {
 
     /// Applies the next layer's changes: its whiteouts, opaque markers and replacements remove
     /// lower entries, then its own entries are laid on top.
-    pub fn apply(&mut self, changes: LayerChanges) {
-        let hasher = &self.reader.hasher;
-        self.lower.retain(|path, _| !changes.removes(hasher, path));
-        self.lower.extend(changes.upper);
+    pub fn apply(&mut self, changes: &LayerChanges) {
+        self.lower.retain(|path, _| !changes.removes(path));
+        self.lower.extend(changes.upper.iter().map(|(path, kind)| (path.clone(), kind.clone())));
         self.entries_seen += changes.entries_seen;
         self.layers += 1;
     }
@@ -370,20 +385,26 @@ impl LayerMerger {
     /// Reads and applies one compressed layer read from `reader`, which is read to its end.
     pub fn apply_layer<R: Read>(&mut self, compression: Compression, reader: R) -> Result<(), String> {
         let changes = self.reader.read_layer(compression, reader)?;
-        self.apply(changes);
+        self.apply(&changes);
         Ok(())
     }
 
     /// Reads and applies one uncompressed tar layer read from `reader`, which is read to its end.
     pub fn apply_tar<R: Read>(&mut self, reader: R) -> Result<(), String> {
         let changes = self.reader.read_tar(reader)?;
-        self.apply(changes);
+        self.apply(&changes);
         Ok(())
     }
 
     /// The view after all layers applied so far.
     pub fn finish(self, bytes_read: u64) -> MergedView {
-        MergedView { entries: self.lower, bytes_read, layers_scanned: self.layers, entries_seen: self.entries_seen }
+        MergedView {
+            entries: self.lower,
+            bytes_read,
+            layers_scanned: self.layers,
+            layers_remembered: 0,
+            entries_seen: self.entries_seen,
+        }
     }
 }
 
@@ -463,6 +484,35 @@ where
     R: RegistryClient + ?Sized,
     F: Fn(&str) -> bool + Send + Sync + 'static,
 {
+    scan(registry, repository, layers, Arc::new(interest), None).await
+}
+
+/// [`scan_layers`] for one of the fixed questions, with every layer `memory` remembers for it
+/// taken from there instead of the registry; the layers read are remembered. The view is the one
+/// a full scan gives ([`super::scan_memory`] says why); `bytes_read` counts only what was read.
+pub async fn scan_remembered<R>(
+    registry: &R,
+    repository: &ImageRef,
+    layers: &[OciDescriptor],
+    question: Question,
+    memory: &ScanMemory,
+) -> Result<MergedView, Error>
+where
+    R: RegistryClient + ?Sized,
+{
+    scan(registry, repository, layers, question.interest(), Some((question, memory))).await
+}
+
+async fn scan<R>(
+    registry: &R,
+    repository: &ImageRef,
+    layers: &[OciDescriptor],
+    interest: Interest,
+    memory: Option<(Question, &ScanMemory)>,
+) -> Result<MergedView, Error>
+where
+    R: RegistryClient + ?Sized,
+{
     // Every media type is checked before anything is downloaded.
     let plan = layers
         .iter()
@@ -472,7 +522,7 @@ where
                 .ok_or_else(|| Error::MediaType { digest: layer.digest.clone(), media_type: layer.media_type.clone() })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let mut merger = LayerMerger::new(Arc::new(interest));
+    let mut merger = LayerMerger::new(interest);
     let reader = merger.reader();
     let parallel = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, MAX_PARALLEL_LAYERS);
     // Layers are read (downloaded, verified, decompressed, parsed) `parallel` at a time and
@@ -484,22 +534,44 @@ where
     let reads: Vec<LayerRead<'_>> = plan
         .into_iter()
         .map(|(compression, layer)| {
-            Box::pin(read_layer(registry, repository, layer, compression, reader.clone())) as LayerRead<'_>
+            let reader = reader.clone();
+            Box::pin(async move {
+                if let Some((question, memory)) = memory {
+                    let size = u64::try_from(layer.size).unwrap_or_default();
+                    if let Some(changes) = memory.get(question, &layer.digest) {
+                        memory.record(question, None, size);
+                        return Ok((changes, None));
+                    }
+                    let (changes, bytes) = read_layer(registry, repository, layer, compression, reader).await?;
+                    let changes = Arc::new(changes);
+                    memory.put(question, &layer.digest, changes.clone());
+                    memory.record(question, Some(bytes), size);
+                    return Ok((changes, Some(bytes)));
+                }
+                let (changes, bytes) = read_layer(registry, repository, layer, compression, reader).await?;
+                Ok((Arc::new(changes), Some(bytes)))
+            }) as LayerRead<'_>
         })
         .collect();
     let mut reads = futures::stream::iter(reads).buffered(parallel);
-    let mut bytes_read = 0;
+    let (mut bytes_read, mut remembered) = (0, 0);
     while let Some(read) = reads.next().await {
         let (changes, bytes) = read?;
-        merger.apply(changes);
-        bytes_read += bytes;
+        merger.apply(&changes);
+        match bytes {
+            Some(bytes) => bytes_read += bytes,
+            None => remembered += 1,
+        }
     }
-    Ok(merger.finish(bytes_read))
+    let mut view = merger.finish(bytes_read);
+    view.layers_remembered = remembered;
+    Ok(view)
 }
 
-/// One layer's read in flight.
+/// One layer's read in flight: its changes and the compressed bytes downloaded (`None`: the
+/// scan memory remembered it).
 type LayerRead<'a> =
-    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(LayerChanges, u64), Error>> + Send + 'a>>;
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(Arc<LayerChanges>, Option<u64>), Error>> + Send + 'a>>;
 
 /// Aborts a spawned task when dropped: a layer read that is given up (an earlier layer failed)
 /// stops downloading.
@@ -740,8 +812,8 @@ mod tests {
         let reader = merger.reader();
         let upper = reader.read_tar(&tar_of(&[("a", "s:/z"), (".wh.b", "f"), ("c/.wh..wh..opq", "f")])[..]).unwrap();
         let lower = reader.read_tar(&tar_of(&[("a/x", "f"), ("b/y", "f"), ("c/d/e", "f"), ("k", "d")])[..]).unwrap();
-        merger.apply(lower);
-        merger.apply(upper);
+        merger.apply(&lower);
+        merger.apply(&upper);
         let view = merger.finish(0);
         assert_eq!(paths(&view), ["a", "c", "k"]);
         assert!(view.has_payload("a"), "the symlink replaced the directory");

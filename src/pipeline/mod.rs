@@ -10,6 +10,7 @@ pub mod lock;
 pub mod promote;
 pub mod records;
 pub mod resolve;
+pub mod scan_memory;
 pub mod schedule;
 pub mod tags;
 pub mod targets;

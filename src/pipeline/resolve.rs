@@ -20,8 +20,9 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::OnceCell;
 
 use super::kernels;
-use super::layers::{self, MergedView, scan_layers};
+use super::layers::{self, MergedView, scan_layers, scan_remembered};
 use super::lock::{self, Lock};
+use super::scan_memory::{Question, ScanMemory};
 use super::tags::{self, TagPlan};
 use crate::api::build::{KernelPolicy, ResolvedInputs};
 use crate::registry::{self, ImageRef, RegistryClient, ResolvedImage, image_config, reference, resolve_image};
@@ -193,14 +194,19 @@ pub async fn discover_kernels<R: RegistryClient + ?Sized>(
     image: &ResolvedImage,
 ) -> Result<Vec<String>, layers::Error> {
     let view = scan_layers(registry, &image.reference, image.layers(), |p| kernel_release_of(p).is_some()).await?;
+    log_kernel_scan(image, &view);
+    Ok(kernel_releases(&view))
+}
+
+fn log_kernel_scan(image: &ResolvedImage, view: &MergedView) {
     tracing::debug!(
         image = %image.platform_pinned(),
         layers = view.layers_scanned(),
+        remembered = view.layers_remembered(),
         bytes = view.bytes_read(),
         entries = view.entries_seen(),
         "kernel directories scanned"
     );
-    Ok(kernel_releases(&view))
 }
 
 /// `Newest` keeps only the primary kernel in `kernel_releases` (the newer reference repo's
@@ -220,12 +226,14 @@ struct ScanCache {
     order: VecDeque<String>,
 }
 
-/// Resolves run inputs and remembers kernel scans per image digest. One per process: share it
-/// (`Arc<Resolver>`) between reconciles and registry clients.
+/// Resolves run inputs and remembers kernel scans per image digest, and per layer in its scan
+/// memory (a new base that shares layers with an earlier one reads only the new layers). One per
+/// process: share it (`Arc<Resolver>`) between reconciles and registry clients.
 #[derive(Default)]
 pub struct Resolver {
     cache: Mutex<ScanCache>,
     scans: AtomicU64,
+    memory: Arc<ScanMemory>,
 }
 
 impl std::fmt::Debug for Resolver {
@@ -236,8 +244,20 @@ impl std::fmt::Debug for Resolver {
 }
 
 impl Resolver {
+    /// A resolver with a scan memory of its own.
     pub fn new() -> Resolver {
         Resolver::default()
+    }
+
+    /// A resolver that remembers layer scans in `memory` (the process's one, shared with
+    /// verification and the cache scan).
+    pub fn with_memory(memory: Arc<ScanMemory>) -> Resolver {
+        Resolver { memory, ..Resolver::default() }
+    }
+
+    /// The scan memory this resolver uses.
+    pub fn memory(&self) -> &Arc<ScanMemory> {
+        &self.memory
     }
 
     /// Layer scans this resolver has run (a cached digest never adds one).
@@ -258,7 +278,10 @@ impl Resolver {
         let kernels = cell
             .get_or_try_init(|| async {
                 self.scans.fetch_add(1, Ordering::Relaxed);
-                discover_kernels(registry, image).await.map(Arc::from)
+                let view = scan_remembered(registry, &image.reference, image.layers(), Question::Kernels, &self.memory)
+                    .await?;
+                log_kernel_scan(image, &view);
+                Ok::<_, layers::Error>(Arc::from(kernel_releases(&view)))
             })
             .await?;
         Ok(kernels.clone())

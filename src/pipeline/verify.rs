@@ -19,7 +19,8 @@ use std::collections::BTreeSet;
 
 use crate::api::build::VerificationResult;
 use crate::pipeline::kernels;
-use crate::pipeline::layers::{self, MergedView, scan_layers};
+use crate::pipeline::layers::{self, MergedView, scan_remembered};
+use crate::pipeline::scan_memory::{Question, ScanMemory};
 use crate::registry::{self, AnswerClass, ImageRef, OciDescriptor, RegistryClient, resolve_image};
 
 /// The commands a ZFS image must ship, in the order they are checked.
@@ -137,8 +138,12 @@ impl Verification {
     }
 }
 
-/// Verifies the candidate (see the module docs).
-pub async fn verify<R: RegistryClient + ?Sized>(registry: &R, query: &VerifyQuery) -> Result<Verification, Error> {
+/// Verifies the candidate (see the module docs); layers `memory` remembers are not read again.
+pub async fn verify<R: RegistryClient + ?Sized>(
+    registry: &R,
+    query: &VerifyQuery,
+    memory: &ScanMemory,
+) -> Result<Verification, Error> {
     for release in &query.kernel_releases {
         kernels::check_release(release)?;
     }
@@ -181,7 +186,7 @@ pub async fn verify<R: RegistryClient + ?Sized>(registry: &R, query: &VerifyQuer
     }
 
     let layers = &candidate.layers()[start..];
-    let view = scan_layers(registry, &candidate.reference, layers, is_zfs_payload_path)
+    let view = scan_remembered(registry, &candidate.reference, layers, Question::Verify, memory)
         .await
         .map_err(|source| Error::Scan { image: image_ref.clone(), source: Box::new(source) })?;
     let findings = Findings::of(&view, &query.kernel_releases);

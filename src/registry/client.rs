@@ -100,6 +100,8 @@ pub fn insecure_hosts(values: &[String]) -> Result<BTreeSet<String>, Error> {
 /// The registry client. Cheap to share (`Arc`); caches challenges and tokens per host.
 pub struct OciRegistry {
     http: reqwest::Client,
+    /// The process's one TLS configuration ([`crate::tls::client_config`]).
+    tls: Arc<rustls::ClientConfig>,
     settings: ClientSettings,
     challenges: Mutex<HashMap<String, Challenge>>,
     tokens: Mutex<HashMap<(String, String), CachedToken>>,
@@ -139,15 +141,17 @@ struct Req<'a> {
 
 impl OciRegistry {
     pub fn new(settings: ClientSettings) -> Result<OciRegistry, Error> {
-        // reqwest is built without a crypto provider; make sure ring is installed first.
-        crate::tls::install_crypto_provider();
+        // The trust roots and TLS config are built once per process, not per client; the clone
+        // handed to reqwest shares the verifier (and its roots) with every other client.
+        let tls = crate::tls::client_config().map_err(Error::Client)?;
         let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(rustls::ClientConfig::clone(&tls))
             .user_agent(concat!("kinoite-zfs-operator/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(settings.connect_timeout)
             .read_timeout(settings.read_timeout)
             .build()
             .map_err(|e| Error::Client(e.to_string()))?;
-        Ok(OciRegistry { http, settings, challenges: Mutex::default(), tokens: Mutex::default() })
+        Ok(OciRegistry { http, tls, settings, challenges: Mutex::default(), tokens: Mutex::default() })
     }
 
     /// A client from command-line flags.
@@ -161,6 +165,11 @@ impl OciRegistry {
 
     pub fn counters(&self) -> &Arc<RequestCounters> {
         &self.settings.counters
+    }
+
+    /// The TLS configuration this client was built with (the process's one).
+    pub fn tls_config(&self) -> &Arc<rustls::ClientConfig> {
+        &self.tls
     }
 
     fn base(&self, host: &str) -> String {

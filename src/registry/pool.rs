@@ -9,18 +9,21 @@ use std::sync::{Arc, Mutex};
 use super::client::insecure_hosts;
 use super::{ClientSettings, CredentialSet, Error, OciRegistry, RequestCounters, RetryPolicy};
 use crate::cli::common::RegistryArgs;
+use crate::pipeline::scan_memory::ScanMemory;
 
 /// Clients kept before the least recently created one is dropped (Secrets rotate; the pool must
 /// not grow without bound).
 const CAPACITY: usize = 64;
 
 /// Hands out one [`OciRegistry`] per credential set; all share the same insecure-registry list,
-/// retry policy and request counters.
+/// retry policy, request counters and TLS configuration. The pool also owns the process's layer
+/// scan memory: what a layer holds does not depend on who reads it, so every build shares it.
 pub struct ClientPool {
     insecure_registries: BTreeSet<String>,
     retry: RetryPolicy,
     counters: Arc<RequestCounters>,
     clients: Mutex<Clients>,
+    scan_memory: Arc<ScanMemory>,
 }
 
 /// The clients and their creation order (oldest first).
@@ -42,7 +45,7 @@ impl ClientPool {
         retry: RetryPolicy,
         counters: Arc<RequestCounters>,
     ) -> ClientPool {
-        ClientPool { insecure_registries, retry, counters, clients: Mutex::default() }
+        ClientPool { insecure_registries, retry, counters, clients: Mutex::default(), scan_memory: Arc::default() }
     }
 
     /// A pool for `--insecure-registry` flags (credentials come per call).
@@ -53,6 +56,11 @@ impl ClientPool {
     /// The shared request counters (for `registry_requests_total`).
     pub fn counters(&self) -> &Arc<RequestCounters> {
         &self.counters
+    }
+
+    /// The process's layer scan memory (bounded, see [`crate::pipeline::scan_memory`]).
+    pub fn scan_memory(&self) -> &Arc<ScanMemory> {
+        &self.scan_memory
     }
 
     /// The client for a credential set (created on first use).
@@ -112,6 +120,25 @@ mod tests {
         assert!(Arc::ptr_eq(&pool.client_for_docker_config(json).unwrap(), &a1));
         assert!(pool.client_for_docker_config(br#"{"credsStore":"osxkeychain"}"#).is_err());
         assert!(format!("{pool:?}").contains("clients: 2"), "{pool:?}");
+    }
+
+    #[test]
+    fn every_client_shares_one_tls_configuration_built_once() {
+        let pool = ClientPool::new(BTreeSet::new(), RetryPolicy::default(), Arc::default());
+        let clients: Vec<_> = (0..5)
+            .map(|i| {
+                let mut set = CredentialSet::anonymous();
+                set.insert("ghcr.io", Credential::new("u", i.to_string()));
+                pool.client(&set).unwrap()
+            })
+            .collect();
+        let other_pool = ClientPool::new(BTreeSet::new(), RetryPolicy::default(), Arc::default());
+        let other = other_pool.anonymous().unwrap();
+        for client in clients.iter().chain([&other]) {
+            assert!(Arc::ptr_eq(client.tls_config(), clients[0].tls_config()), "one TLS config per process");
+        }
+        assert!(Arc::ptr_eq(clients[0].tls_config(), &crate::tls::client_config().unwrap()));
+        assert_eq!(crate::tls::client_config_builds(), 1, "trust roots loaded once for {} clients", clients.len() + 1);
     }
 
     #[test]

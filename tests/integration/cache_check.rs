@@ -9,6 +9,7 @@ use kinoite_zfs_operator::api::build::{CacheCheckMethod, CacheStatus};
 use kinoite_zfs_operator::controllers::image_build::execute;
 use kinoite_zfs_operator::controllers::image_build::work::{CacheRequest, FailureClass, WorkOutcome};
 use kinoite_zfs_operator::pipeline::cache::labels;
+use kinoite_zfs_operator::pipeline::scan_memory::ScanMemory;
 use kinoite_zfs_operator::registry::{ClientSettings, Credential, CredentialSet, OciRegistry};
 use serde_json::Value;
 
@@ -327,12 +328,14 @@ async fn unauthorized_and_unreachable_are_errors_not_missing() {
         builder_digest: String::new(),
     };
     let anonymous = client(&host, None);
-    let WorkOutcome::Failed(failure) = execute::check_cache(&anonymous, &request(&image)).await else {
+    let WorkOutcome::Failed(failure) = execute::check_cache(&anonymous, &request(&image), &ScanMemory::default()).await
+    else {
         panic!("expected a failure")
     };
     assert_eq!(failure.class, FailureClass::Unauthorized, "{}", failure.message);
     let authorized = client(&host, Some(("builder", "cache-pw-19ab")));
-    let WorkOutcome::Cache(v) = execute::check_cache(&authorized, &request(&image)).await else {
+    let WorkOutcome::Cache(v) = execute::check_cache(&authorized, &request(&image), &ScanMemory::default()).await
+    else {
         panic!("expected a verdict")
     };
     assert_eq!((v.status, v.method), (CacheStatus::Reusable, Some(CacheCheckMethod::LayerScan)));
@@ -344,7 +347,11 @@ async fn unauthorized_and_unreachable_are_errors_not_missing() {
     let run = cache_check(&host, &image, &[K1], &[]).await;
     assert_eq!(run.code, 2, "{}", run.stdout);
     assert!(run.stderr.contains("unreachable"), "{}", run.stderr);
-    let WorkOutcome::Failed(failure) = execute::check_cache(&authorized, &request(&image)).await else { panic!() };
+    let WorkOutcome::Failed(failure) =
+        execute::check_cache(&authorized, &request(&image), &ScanMemory::default()).await
+    else {
+        panic!()
+    };
     assert_eq!(failure.class, FailureClass::Transient, "{}", failure.message);
 }
 

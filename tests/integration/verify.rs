@@ -5,6 +5,7 @@
 
 use kinoite_zfs_operator::controllers::image_build::execute;
 use kinoite_zfs_operator::controllers::image_build::work::{FailureClass, VerifyRequest, WorkOutcome};
+use kinoite_zfs_operator::pipeline::scan_memory::ScanMemory;
 use serde_json::{Value, json};
 
 use super::cache_check::{K1, K2, K13, Run, client, operator};
@@ -340,7 +341,11 @@ async fn an_index_is_verified_on_its_linux_amd64_image() {
     // The controller's work item records both digests.
     let request =
         VerifyRequest { image: image.clone(), kernel_releases: vec![K1.into(), K2.into()], base_image: Some(base) };
-    let WorkOutcome::Verified(result) = execute::verify(&client(fx.host(), None), &request).await else { panic!() };
+    let WorkOutcome::Verified(result) =
+        execute::verify(&client(fx.host(), None), &request, &ScanMemory::default()).await
+    else {
+        panic!()
+    };
     assert!(result.verified);
     assert_eq!(result.platform_digest.as_deref(), Some(amd64.digest.as_str()));
     assert_eq!(result.bytes_read as u64, amd64.layer_sizes[3]);
@@ -361,6 +366,7 @@ async fn errors_give_no_verdict() {
     let WorkOutcome::Failed(f) = execute::verify(
         &client(&host, None),
         &VerifyRequest { image: image.clone(), kernel_releases: vec![K1.into()], base_image: None },
+        &ScanMemory::default(),
     )
     .await
     else {

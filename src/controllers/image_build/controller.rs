@@ -212,11 +212,13 @@ pub fn start(
     let caches = Caches { builds: builds.clone(), jobs: jobs.clone(), pods, config_maps, promotions };
     let counted = builds.clone();
     metrics.count_builds_with(move || counted.len());
+    // The pool's scan memory: every build of the process shares what was learned from a layer.
+    let executor = Executor::with_memory(pool.scan_memory().clone());
     let context = Arc::new(Context {
         client: client.clone(),
         caches: caches.clone(),
         pool,
-        executor: Executor::new(),
+        executor,
         recorder: Recorder::new(client, Reporter { controller: "kinoite-zfs-operator".into(), instance: None }),
         metrics,
         config: ControllerConfig { tools_image: settings.tools_image, retry: settings.retry },

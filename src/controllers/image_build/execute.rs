@@ -3,6 +3,7 @@
 //! errors turned into classified [`RegistryFailure`]s. Image confirmation is done elsewhere.
 
 use super::work::{CacheRequest, FailureClass, RegistryFailure, ResolveRequest, VerifyRequest, WorkOutcome};
+use crate::pipeline::scan_memory::ScanMemory;
 use crate::pipeline::{cache, resolve, verify};
 use crate::registry::RegistryClient;
 
@@ -27,12 +28,16 @@ pub async fn resolve<R: RegistryClient + ?Sized>(
 /// [`super::work::RegistryWork::CheckCache`] and [`super::work::RegistryWork::ConfirmAkmods`]:
 /// `Cache(verdict)`, or `Failed` when no verdict can be given (never "missing" for an
 /// unauthorized or unreachable registry).
-pub async fn check_cache<R: RegistryClient + ?Sized>(registry: &R, request: &CacheRequest) -> WorkOutcome {
+pub async fn check_cache<R: RegistryClient + ?Sized>(
+    registry: &R,
+    request: &CacheRequest,
+    memory: &ScanMemory,
+) -> WorkOutcome {
     let query = match request.query() {
         Ok(query) => query,
         Err(err) => return failed(FailureClass::Permanent, err.to_string()),
     };
-    match cache::check_cache(registry, &query).await {
+    match cache::check_cache(registry, &query, memory).await {
         Ok(check) => WorkOutcome::Cache(check.verdict),
         Err(err) => failed(FailureClass::of(err.class()), err.to_string()),
     }
@@ -40,12 +45,16 @@ pub async fn check_cache<R: RegistryClient + ?Sized>(registry: &R, request: &Cac
 
 /// [`super::work::RegistryWork::Verify`]: `Verified(result)` for a verdict either way, `Failed`
 /// when the registry could not be read.
-pub async fn verify<R: RegistryClient + ?Sized>(registry: &R, request: &VerifyRequest) -> WorkOutcome {
+pub async fn verify<R: RegistryClient + ?Sized>(
+    registry: &R,
+    request: &VerifyRequest,
+    memory: &ScanMemory,
+) -> WorkOutcome {
     let query = match request.query() {
         Ok(query) => query,
         Err(err) => return failed(FailureClass::Permanent, err.to_string()),
     };
-    match verify::verify(registry, &query).await {
+    match verify::verify(registry, &query, memory).await {
         Ok(verification) => WorkOutcome::Verified(verification.result()),
         Err(err) => failed(FailureClass::of(err.class()), err.to_string()),
     }

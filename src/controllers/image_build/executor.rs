@@ -6,19 +6,34 @@
 
 use super::execute;
 use super::work::{FailureClass, RegistryFailure, RegistryWork, WorkOutcome};
+use std::sync::Arc;
+
 use crate::pipeline::resolve::Resolver;
+use crate::pipeline::scan_memory::ScanMemory;
 use crate::registry::{self, ImageRef, RegistryClient};
 
 /// Does registry work for the build controller. One per process: the resolver's per-digest
-/// kernel scans are shared by every build.
+/// kernel scans and the per-layer scan memory are shared by every build.
 #[derive(Debug, Default)]
 pub struct Executor {
     resolver: Resolver,
 }
 
 impl Executor {
+    /// An executor with a scan memory of its own.
     pub fn new() -> Executor {
         Executor::default()
+    }
+
+    /// An executor whose resolution, cache scans and verification remember layers in `memory`
+    /// (the client pool's, in the operator).
+    pub fn with_memory(memory: Arc<ScanMemory>) -> Executor {
+        Executor { resolver: Resolver::with_memory(memory) }
+    }
+
+    /// The scan memory.
+    pub fn memory(&self) -> &Arc<ScanMemory> {
+        self.resolver.memory()
     }
 
     /// The outcome of one piece of work, read with `registry` (the build's client).
@@ -27,10 +42,10 @@ impl Executor {
             RegistryWork::Resolve(request) => execute::resolve(&self.resolver, registry, request).await,
             // The same decision for a tag (the cache) and a digest (what an akmods Job reported).
             RegistryWork::CheckCache(request) | RegistryWork::ConfirmAkmods(request) => {
-                execute::check_cache(registry, request).await
+                execute::check_cache(registry, request, self.memory()).await
             }
             RegistryWork::ConfirmImage { image } => confirm_image(registry, image).await,
-            RegistryWork::Verify(request) => execute::verify(registry, request).await,
+            RegistryWork::Verify(request) => execute::verify(registry, request, self.memory()).await,
         }
     }
 
