@@ -80,12 +80,16 @@ pub fn run_akmods(c: &AkmodsContract) -> Result<BuilderResult, Error> {
         let image = local(&format!("main-{fedora}-{kernel}"));
         // F7: an image of this name from an earlier kernel or run is never what gets merged.
         remove_image(&env, &image);
-        for recipe in ["build", "push"] {
+        let just = |recipe: &str| {
             let mut just = env.command("just");
             just.arg(recipe).current_dir(&tree).env("AKMODS_BUILDDIR", &root);
-            run(just, &format!("just {recipe} for kernel {kernel}"))?;
-        }
-        let id = image_id(&env, &image).ok_or_else(|| Error::NoImage { kernel: kernel.clone(), image: image.clone() })?;
+            run(just, &format!("just {recipe} for kernel {kernel}"))
+        };
+        just("build")?;
+        // Remembered by ID right after the build: only this image of this run is merged.
+        let id =
+            image_id(&env, &image).ok_or_else(|| Error::NoImage { kernel: kernel.clone(), image: image.clone() })?;
+        just("push")?;
         built.push((kernel.clone(), id));
     }
 
@@ -210,7 +214,8 @@ fn clone_pinned(env: &ChildEnv, url: &str, pin: &str, tree: &Path) -> Result<(),
 /// R5.2 and R5.3 on the clone.
 fn patch_tree(tree: &Path, fedora: &str, org: &str, repo: &str) -> Result<(), Error> {
     let justfile = tree.join("Justfile");
-    let text = std::fs::read_to_string(&justfile).map_err(io("Failed to patch cloned akmods Justfile: cannot read it"))?;
+    let text =
+        std::fs::read_to_string(&justfile).map_err(io("Failed to patch cloned akmods Justfile: cannot read it"))?;
     std::fs::write(&justfile, patch_justfile(&text)?).map_err(io("cannot write the patched Justfile"))?;
     let images = tree.join("images.yaml");
     let text = std::fs::read_to_string(&images).map_err(|_| justfile::Error::NoImagesYaml)?;
@@ -261,7 +266,11 @@ fn image_id(env: &ChildEnv, name: &str) -> Option<String> {
     cmd.args(["images", "--noheading", "--no-trunc", "--format", "{{.ID}}", name]);
     let out = cmd.stdin(std::process::Stdio::null()).output().ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
-    out.status.success().then(|| text.lines().next().map(str::trim).map(str::to_string)).flatten().filter(|id| !id.is_empty())
+    out.status
+        .success()
+        .then(|| text.lines().next().map(str::trim).map(str::to_string))
+        .flatten()
+        .filter(|id| !id.is_empty())
 }
 
 /// Copies `rpms/` and `kernel-rpms/` of a local image into the merge context.
@@ -333,11 +342,7 @@ fn merged_labels(c: &AkmodsContract, kernels: &[String]) -> Result<Vec<(String, 
     let actual = kernels.join(" ");
     match out.get(labels::KERNEL_RELEASES) {
         Some(claimed) if sort_releases(claimed.split_whitespace()).join(" ") != actual => {
-            return Err(Error::LabelMismatch {
-                key: labels::KERNEL_RELEASES.into(),
-                claimed: claimed.clone(),
-                actual,
-            });
+            return Err(Error::LabelMismatch { key: labels::KERNEL_RELEASES.into(), claimed: claimed.clone(), actual });
         }
         _ => {
             out.insert(labels::KERNEL_RELEASES.into(), actual);
@@ -386,7 +391,8 @@ mod tests {
 
     #[test]
     fn cache_json_has_the_upstream_shape() {
-        let c = kernel_cache("6.18.12-200.fc43.x86_64", Path::new("/r/main-43/KCWD"), Path::new("/r/main-43/KCWD/rpms"));
+        let c =
+            kernel_cache("6.18.12-200.fc43.x86_64", Path::new("/r/main-43/KCWD"), Path::new("/r/main-43/KCWD/rpms"));
         let text = serde_json::to_string_pretty(&c).unwrap();
         assert_eq!(
             text,
@@ -397,7 +403,10 @@ mod tests {
     #[test]
     fn coverage_needs_the_exact_release() {
         let required = vec!["6.18.1-200.fc43.x86_64".to_string(), "6.18.13-200.fc43.x86_64".to_string()];
-        let names = ["kmod-zfs-6.18.13-200.fc43.x86_64-2.4.1-1.fc43.x86_64.rpm", "kmod-zfs-6.18.1-200.fc43.x86_64+debug-2.4.1-1.rpm"];
+        let names = [
+            "kmod-zfs-6.18.13-200.fc43.x86_64-2.4.1-1.fc43.x86_64.rpm",
+            "kmod-zfs-6.18.1-200.fc43.x86_64+debug-2.4.1-1.rpm",
+        ];
         assert_eq!(covered_kernels(names, &required), BTreeSet::from(["6.18.13-200.fc43.x86_64".to_string()]));
     }
 

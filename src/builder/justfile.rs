@@ -17,7 +17,9 @@ pub const NAME_LINE: &str = "akmods_name := shell('yq -r \".images[\\\"$1\\\"][\
 pub enum Error {
     #[error("Failed to patch cloned akmods Justfile: no `{VOLUME_PATTERN}` (the upstream Justfile changed shape)")]
     VolumePattern,
-    #[error("Failed to patch cloned akmods Justfile: no line starting `{NAME_PATTERN}` (the upstream Justfile changed shape)")]
+    #[error(
+        "Failed to patch cloned akmods Justfile: no line starting `{NAME_PATTERN}` (the upstream Justfile changed shape)"
+    )]
     NamePattern,
     #[error("the cloned akmods tree has no images.yaml")]
     NoImagesYaml,
@@ -78,7 +80,8 @@ pub fn configure_images_yaml(text: &str, fedora: &str, org: &str, repo: &str) ->
         .ok_or_else(|| Error::ImagesYaml(format!("images.\"{fedora}\" is not a mapping")))?
         .entry("main".to_string())
         .or_insert_with(|| serde_json::json!({}));
-    let main = main.as_object_mut().ok_or_else(|| Error::ImagesYaml(format!("images.\"{fedora}\".main is not a mapping")))?;
+    let main =
+        main.as_object_mut().ok_or_else(|| Error::ImagesYaml(format!("images.\"{fedora}\".main is not a mapping")))?;
     main.insert(
         "zfs".into(),
         serde_json::json!({

@@ -21,13 +21,13 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 
+use super::contract::{AUTH_FILE, AkmodsContract, Common, ImageContract, ImageStrategy, StepContract};
 use super::{
-    ANNOTATION_BUILD_NAME, ANNOTATION_INPUTS_HASH, BUILDER_CONTAINER, Error, STEP_RECIPE, child_labels,
-    job_name, owner_reference, recipe_config_map_name,
+    ANNOTATION_BUILD_NAME, ANNOTATION_INPUTS_HASH, BUILDER_CONTAINER, Error, STEP_RECIPE, child_labels, job_name,
+    owner_reference, recipe_config_map_name,
 };
 use crate::api::ZfsImageBuild;
 use crate::api::build::{BuildMode, BuildStrategy, ResolvedInputs};
-use super::contract::{AUTH_FILE, AkmodsContract, Common, ImageContract, ImageStrategy, StepContract};
 use crate::pipeline::cache::{CacheInputs, cache_labels};
 use crate::pipeline::targets::RunTargets;
 
