@@ -299,7 +299,7 @@ impl StepContract {
             build_container_pinned: get(env::BUILD_CONTAINER_PINNED)?,
             build_container_digest: get(env::BUILD_CONTAINER_DIGEST)?,
         };
-        if common.pushes != !common.push_refs.is_empty() && kind == JobKind::Image {
+        if kind == JobKind::Image && common.pushes == common.push_refs.is_empty() {
             return Err(Error::Invalid {
                 name: env::PUSH_REFS,
                 value: common.push_refs.join(" "),

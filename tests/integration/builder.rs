@@ -3,6 +3,7 @@
 //! the registry fixture. Only the upstream `just` recipes are a stand-in (docs/testing.md).
 
 use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::process::Command;
 
 use k8s_openapi::api::batch::v1::Job;
@@ -73,7 +74,10 @@ async fn akmods_run(
     let build = akmods::build(registry.host(), &remote.url(), pin);
     let inputs = akmods::inputs(kernels, pin);
     let job = akmods::akmods_job_for(&build, &inputs, 1);
-    let mut kubelet = node.kubelet(&std::fs::read(registry.docker_config()).unwrap());
+    let mut kubelet = node.kubelet(
+        Path::new(env!("CARGO_BIN_EXE_kinoite-zfs-operator")),
+        &std::fs::read(registry.docker_config()).unwrap(),
+    );
     kubelet.node_env.extend(stub_env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     run_pod(kubelet, job).await.1
 }
@@ -298,7 +302,7 @@ async fn a_refused_push_fails_clearly() {
     proxy.inject_on_method("PUT", "/manifests/main-43-x86_64", Fault::Unavailable, 1000);
     let build = akmods::build(proxy.host(), &remote.url(), &remote.commit);
     let job = akmods::akmods_job_for(&build, &akmods::inputs(&[K1], &remote.commit), 1);
-    let kubelet = node.kubelet(br#"{"auths":{}}"#);
+    let kubelet = node.kubelet(Path::new(env!("CARGO_BIN_EXE_kinoite-zfs-operator")), br#"{"auths":{}}"#);
     let (_, run) = run_pod(kubelet, job).await;
     let message = failure(&run);
     assert!(message.contains(&format!("pushing {}/{ORG}/{CANDIDATE}:main-43-x86_64", proxy.host())), "{message}");
@@ -316,7 +320,10 @@ async fn an_unwritable_termination_file_fails_before_building() {
     let remote = Remote::create(Shape::Upstream);
     let build = akmods::build(registry.host(), &remote.url(), &remote.commit);
     let job = akmods::akmods_job_for(&build, &akmods::inputs(&[K1], &remote.commit), 1);
-    let mut kubelet = node.kubelet(&std::fs::read(registry.docker_config()).unwrap());
+    let mut kubelet = node.kubelet(
+        Path::new(env!("CARGO_BIN_EXE_kinoite-zfs-operator")),
+        &std::fs::read(registry.docker_config()).unwrap(),
+    );
     kubelet.unwritable_termination_file = true;
     let (_, run) = run_pod(kubelet, job).await;
     let builder = run.builder();

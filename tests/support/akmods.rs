@@ -138,9 +138,10 @@ impl Node {
         Node { dir, env, bin }
     }
 
-    /// A kubelet on this node that holds the push Secret `push` with this docker config.
-    pub fn kubelet(&self, docker_config: &[u8]) -> Kubelet {
-        let mut kubelet = Kubelet::new(TOOLS_IMAGE);
+    /// A kubelet on this node (the tools image holds `binary`) that holds the push Secret `push`
+    /// with this docker config.
+    pub fn kubelet(&self, binary: &Path, docker_config: &[u8]) -> Kubelet {
+        let mut kubelet = Kubelet::new(TOOLS_IMAGE, binary);
         kubelet.node_env = self.env.clone();
         kubelet.path_prefix = vec![self.bin.clone()];
         kubelet.secrets.insert("push".into(), [(".dockerconfigjson".to_string(), docker_config.to_vec())].into());

@@ -68,11 +68,13 @@ impl PodRun {
 }
 
 impl Kubelet {
-    pub fn new(tools_image: &str) -> Kubelet {
+    /// A node where `tools_image` provides the operator `binary` (tests pass
+    /// `env!("CARGO_BIN_EXE_kinoite-zfs-operator")`).
+    pub fn new(tools_image: &str, binary: &Path) -> Kubelet {
         Kubelet {
             root: tempfile::Builder::new().prefix("kzo-kubelet-").tempdir().expect("kubelet dir"),
             tools_image: tools_image.to_string(),
-            binary: PathBuf::from(env!("CARGO_BIN_EXE_kinoite-zfs-operator")),
+            binary: binary.to_path_buf(),
             secrets: BTreeMap::new(),
             config_maps: BTreeMap::new(),
             node_env: Vec::new(),

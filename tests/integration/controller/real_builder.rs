@@ -4,6 +4,8 @@
 //! buildah and rpmbuild with the `just` stand-in), the pod status it reports is written to the
 //! API, and the controller confirms that result in the registry and moves on to the image step.
 
+use std::path::Path;
+
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
@@ -24,7 +26,7 @@ async fn the_akmods_job_the_controller_rendered_runs_and_its_result_is_confirmed
     let secret = Api::<Secret>::namespaced(env.client.clone(), NS).get(SECRET).await.unwrap();
     let data = secret.data.unwrap().into_iter().map(|(k, v)| (k, v.0)).collect();
     let node = Node::new(&[env.host()]);
-    let mut kubelet = node.kubelet(b"{}");
+    let mut kubelet = node.kubelet(Path::new(env!("CARGO_BIN_EXE_kinoite-zfs-operator")), b"{}");
     kubelet.tools_image = TOOLS_IMAGE.to_string();
     kubelet.secrets.insert(SECRET.to_string(), data);
     let pod_job = job.clone();
