@@ -1,5 +1,6 @@
 //! The command line: one binary, the same code paths the controllers use.
 
+pub mod builder;
 pub mod cache_check;
 pub mod common;
 mod crd;
@@ -46,6 +47,8 @@ pub enum Error {
     Verify(#[from] crate::pipeline::verify::Error),
     #[error(transparent)]
     ScanCache(#[from] crate::pipeline::scan_memory::Error),
+    #[error(transparent)]
+    Builder(#[from] crate::builder::Error),
 }
 
 impl From<crate::registry::Error> for Error {
@@ -109,6 +112,10 @@ pub enum Command {
     /// Move stable tags to a verified candidate by digest: audit tag, akmods alignment,
     /// compare-and-swap; nothing moves when a precondition fails.
     Promote(promote::PromoteArgs),
+    /// What runs inside builder pods: `install DIR` (init container) and `akmods` (reads its
+    /// inputs from the Job's env, writes the result to the termination-message file).
+    #[command(subcommand)]
+    Builder(builder::BuilderCommand),
 }
 
 /// Logs go to stderr so stdout stays machine-readable; `RUST_LOG` filters (default `info`).
@@ -132,6 +139,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Error> {
         Command::CacheCheck(args) => cache_check::run(&args).await,
         Command::Verify(args) => verify::run(&args).await,
         Command::Promote(args) => Ok(promote::run(&args).await?),
+        Command::Builder(command) => Ok(builder::run(&command)?),
     }
 }
 

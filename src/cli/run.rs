@@ -32,6 +32,31 @@ pub enum Error {
     Operator(#[from] operator::Error),
     #[error("cannot install the signal handler: {0}")]
     Signal(#[source] std::io::Error),
+    #[error(
+        "refusing to start: --tools-image {image} cannot be resolved to a digest (builder Jobs run it only by digest): {source}"
+    )]
+    ToolsImage {
+        image: String,
+        #[source]
+        source: Box<registry::Error>,
+    },
+}
+
+/// The tools image by digest (H8): a reference already pinned (`NAME@sha256:...`) is kept; a tag
+/// is resolved once, here, and every Job carries that digest for the life of the process.
+pub async fn resolve_tools_image<R: registry::RegistryClient + ?Sized>(
+    registry: &R,
+    image: &str,
+) -> Result<String, Error> {
+    if crate::jobs::render::is_pinned(image) {
+        return Ok(image.to_string());
+    }
+    let fail = |source: registry::Error| Error::ToolsImage { image: image.to_string(), source: Box::new(source) };
+    let reference = registry::ImageRef::parse(image).map_err(|e| fail(e.into()))?;
+    let digest = registry.resolve_digest(&reference).await.map_err(fail)?;
+    let pinned = format!("{}@{digest}", reference.name());
+    tracing::info!(tools_image = %pinned, "resolved --tools-image {image}");
+    Ok(pinned)
 }
 
 #[derive(Debug, Args)]
@@ -43,7 +68,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8080", env = "KZO_HTTP_ADDRESS")]
     pub http_address: SocketAddr,
 
-    /// Operator image (by digest) that provides the builder entrypoint in builder Jobs.
+    /// Operator image that provides the builder entrypoint in builder Jobs. A tag is resolved to
+    /// its digest once at startup (the process refuses to start when it cannot be resolved).
     #[arg(long, value_name = "IMAGE", default_value = DEFAULT_TOOLS_IMAGE, env = "KZO_TOOLS_IMAGE")]
     pub tools_image: String,
 
@@ -60,16 +86,17 @@ pub async fn run(args: &RunArgs) -> Result<ExitCode, Error> {
     // Install the handlers first: a SIGTERM during startup must not kill the process mid-write.
     let mut terminate =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(Error::Signal)?;
-    let client = kube::Client::try_default().await.map_err(Error::Connect)?;
     let pool = Arc::new(ClientPool::from_args(&args.registry)?);
     let default_credentials = match &args.registry.registry_config {
         Some(path) => CredentialSet::from_file(path).map_err(registry::Error::from)?,
         None => CredentialSet::anonymous(),
     };
+    let tools_image = resolve_tools_image(pool.client(&default_credentials)?.as_ref(), &args.tools_image).await?;
+    let client = kube::Client::try_default().await.map_err(Error::Connect)?;
     let settings = Settings {
         http_address: args.http_address,
         build: BuildSettings {
-            tools_image: args.tools_image.clone(),
+            tools_image,
             retry: RetryPolicy::default(),
             concurrency: args.concurrency,
             namespace: args.namespace.clone(),

@@ -3,6 +3,7 @@
 //! reports through its termination message ([`result`]), and the plain-data view of observed Jobs
 //! and Pods the planner reads ([`observe`]).
 
+pub mod contract;
 pub mod observe;
 pub mod render;
 pub mod result;

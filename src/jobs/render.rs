@@ -21,31 +21,19 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 
+use super::contract::{AUTH_FILE, AkmodsContract, Common, ImageContract, ImageStrategy, StepContract};
 use super::{
-    ANNOTATION_BUILD_NAME, ANNOTATION_INPUTS_HASH, BUILDER_CONTAINER, Error, JobKind, STEP_RECIPE, child_labels,
-    job_name, owner_reference, recipe_config_map_name,
+    ANNOTATION_BUILD_NAME, ANNOTATION_INPUTS_HASH, BUILDER_CONTAINER, Error, STEP_RECIPE, child_labels, job_name,
+    owner_reference, recipe_config_map_name,
 };
 use crate::api::ZfsImageBuild;
 use crate::api::build::{BuildMode, BuildStrategy, ResolvedInputs};
 use crate::pipeline::cache::{CacheInputs, cache_labels};
 use crate::pipeline::targets::RunTargets;
 
-/// Where the operator image keeps its binary (the `install-builder` init container runs it).
-pub const OPERATOR_BINARY: &str = "/usr/local/bin/kinoite-zfs-operator";
-/// Directory of the shared `tools` volume in both containers.
-pub const TOOLS_DIR: &str = "/kzo/bin";
-/// The builder entrypoint: the operator binary copied into the tools volume.
-pub const ENTRYPOINT: &str = "/kzo/bin/kinoite-zfs-operator";
-/// Scratch directory for clones and build roots (on the `workspace` volume).
-pub const WORK_DIR: &str = "/kzo/work";
-/// Container storage of nested podman/buildah (on the `workspace` volume).
-pub const CONTAINER_STORAGE_DIR: &str = "/var/lib/containers";
-/// Mount point of the push credentials (`config.json`), only in Jobs that push.
-pub const CREDENTIALS_DIR: &str = "/kzo/push-credentials";
-/// Mount point of the recipe-lines ConfigMap (BlueBuild image Jobs).
-pub const RECIPE_DIR: &str = "/kzo/recipe";
-/// Where the builder writes its result document.
-pub const RESULT_FILE: &str = "/dev/termination-log";
+pub use super::contract::{
+    CONTAINER_STORAGE_DIR, CREDENTIALS_DIR, ENTRYPOINT, OPERATOR_BINARY, RECIPE_DIR, RESULT_FILE, TOOLS_DIR, WORK_DIR,
+};
 
 /// Keys of the recipe-lines ConfigMap: each value is one full replacement line (R7.2).
 pub const RECIPE_NAME_KEY: &str = "recipe-name";
@@ -130,49 +118,52 @@ pub fn recipe_config_map(ji: &JobInputs, akmods_image: &str) -> Result<Option<Co
 /// The akmods Job `<build>-<run>-akmods` (R5 with the H1 fix: it pushes only to the candidate
 /// akmods repository). Only `Main` runs rebuild the cache.
 pub fn akmods_job(ji: &JobInputs) -> Result<Job, Error> {
-    let inputs = ji.inputs;
-    let spec = &ji.build.spec;
-    let mut env = common_env(ji, JobKind::Akmods);
-    env.extend([
-        ("AKMODS_REPOSITORY_URL", spec.akmods.repository.clone()),
-        ("AKMODS_UPSTREAM_REF", inputs.akmods_upstream_ref.clone()),
-        ("AKMODS_KERNEL", "main".to_string()),
-        ("AKMODS_VERSION", inputs.fedora_version.clone()),
-        ("AKMODS_TARGET", "zfs".to_string()),
-        ("AKMODS_REGISTRY", spec.registry.host.clone()),
-        ("AKMODS_ORG", spec.registry.namespace.clone()),
-        ("AKMODS_REPO", spec.registry.candidate_akmods.clone()),
-        ("AKMODS_BUILDDIR", format!("{WORK_DIR}/akmods-build")),
-        ("ZFS_MINOR_VERSION", inputs.zfs_minor_version.clone()),
-        // F9: no layer cache for kernel-targeted builds.
-        ("BUILDAH_LAYERS", "false".to_string()),
-        ("CI", "1".to_string()),
-        ("KZO_PUSH_REFS", ji.targets.akmods_push_refs().join(" ")),
-        ("KZO_IMAGE_LABELS", akmods_image_labels(inputs)),
-    ]);
-    render_job(ji, JobKind::Akmods, env, vec!["builder".into(), "akmods".into()], None)
+    render_job(ji, &akmods_contract(ji), None)
 }
 
-/// The labels the akmods image must carry, one `key=value` per line: the cache labels of §2.6
-/// plus the inputs it was built from, so a later cache decision can tell a cache built from other
-/// inputs (`pipeline::cache::cache_labels`).
-fn akmods_image_labels(inputs: &ResolvedInputs) -> String {
+/// What the akmods Job of a run is told (the builder parses exactly this back).
+pub fn akmods_contract(ji: &JobInputs) -> StepContract {
+    let inputs = ji.inputs;
+    let spec = &ji.build.spec;
+    StepContract::Akmods(AkmodsContract {
+        common: common(ji, ji.targets.akmods_push_refs()),
+        repository_url: spec.akmods.repository.clone(),
+        upstream_ref: inputs.akmods_upstream_ref.clone(),
+        registry: spec.registry.host.clone(),
+        org: spec.registry.namespace.clone(),
+        repo: spec.registry.candidate_akmods.clone(),
+        build_dir: format!("{WORK_DIR}/akmods-build"),
+        zfs_minor_version: inputs.zfs_minor_version.clone(),
+        image_labels: akmods_image_labels(inputs),
+    })
+}
+
+/// The labels the akmods image must carry: the cache labels of §2.6 plus the inputs it was built
+/// from, so a later cache decision can tell a cache built from other inputs
+/// (`pipeline::cache::cache_labels`).
+fn akmods_image_labels(inputs: &ResolvedInputs) -> BTreeMap<String, String> {
     let cache_inputs = CacheInputs {
         zfs_minor_version: Some(inputs.zfs_minor_version.clone()),
         akmods_ref: Some(inputs.akmods_upstream_ref.clone()),
         builder_digest: Some(inputs.build_container_digest.clone()),
     };
     cache_labels(&inputs.kernel_releases, &cache_inputs)
-        .into_iter()
-        .map(|(key, value)| format!("{key}={value}"))
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 /// The image Job `<build>-<run>-image`, per strategy: BlueBuild reads the recipe lines from the
 /// mounted ConfigMap; Containerfile gets `--build-arg BASE_IMAGE=... --build-arg AKMODS_IMAGE=...`,
 /// both by digest.
 pub fn image_job(ji: &JobInputs, akmods_image: &str) -> Result<Job, Error> {
+    let contract = image_contract(ji, akmods_image)?;
+    let recipe = match ji.build.spec.source.strategy {
+        BuildStrategy::BlueBuild => Some(recipe_config_map_name(&ji.build.name_any(), ji.run)),
+        BuildStrategy::Containerfile => None,
+    };
+    render_job(ji, &contract, recipe)
+}
+
+/// What the image Job of a run is told (the builder parses exactly this back).
+pub fn image_contract(ji: &JobInputs, akmods_image: &str) -> Result<StepContract, Error> {
     if !is_pinned(akmods_image) {
         return Err(Error::AkmodsNotPinned(akmods_image.to_string()));
     }
@@ -181,53 +172,42 @@ pub fn image_job(ji: &JobInputs, akmods_image: &str) -> Result<Job, Error> {
         return Err(Error::BaseNotPinned(inputs.base_image_pinned.clone()));
     }
     let source = &ji.build.spec.source;
-    let mut env = common_env(ji, JobKind::Image);
-    env.extend([
-        ("SOURCE_GIT_URL", source.git.url.clone()),
-        ("SOURCE_REVISION", source.git.revision.clone()),
-        ("BASE_IMAGE", inputs.base_image_pinned.clone()),
-        ("BASE_IMAGE_NAME", inputs.base_image_name.clone()),
-        ("BASE_IMAGE_TAG", inputs.base_image_tag.clone()),
-        ("BASE_IMAGE_DIGEST", inputs.base_image_digest.clone()),
-        ("AKMODS_IMAGE", akmods_image.to_string()),
-        ("KZO_IMAGE_REPOSITORY", ji.targets.image_repository.clone()),
-        ("KZO_PUSH_REFS", ji.targets.image_push_refs().join(" ")),
-    ]);
-    if let Some(alias) = &ji.targets.akmods_alias {
-        env.push(("KZO_AKMODS_ALIAS_REF", alias.clone()));
-    }
-    let mut args = vec!["builder".to_string(), "image".to_string()];
-    let recipe = match source.strategy {
+    let strategy = match source.strategy {
         BuildStrategy::BlueBuild => {
             let paths = source.blue_build.clone().unwrap_or_default();
-            env.extend([
-                ("KZO_STRATEGY", "BlueBuild".to_string()),
-                ("KZO_RECIPE_LINES_DIR", RECIPE_DIR.to_string()),
-                ("RECIPE_PATH", paths.recipe_path),
-                ("AKMODS_CONTAINERFILE_PATH", paths.akmods_containerfile_path),
-            ]);
-            Some(recipe_config_map_name(&ji.build.name_any(), ji.run))
+            ImageStrategy::BlueBuild {
+                recipe_lines_dir: RECIPE_DIR.to_string(),
+                recipe_path: paths.recipe_path,
+                akmods_containerfile_path: paths.akmods_containerfile_path,
+            }
         }
         BuildStrategy::Containerfile => {
             let paths = source.containerfile.clone().unwrap_or_default();
-            env.extend([
-                ("KZO_STRATEGY", "Containerfile".to_string()),
-                ("CONTAINERFILE_PATH", paths.path),
-                ("CONTEXT_DIR", paths.context_dir),
-            ]);
-            args.extend([
-                "--build-arg".to_string(),
-                format!("BASE_IMAGE={}", inputs.base_image_pinned),
-                "--build-arg".to_string(),
-                format!("AKMODS_IMAGE={akmods_image}"),
-            ]);
-            None
+            ImageStrategy::Containerfile { path: paths.path, context_dir: paths.context_dir }
         }
     };
-    render_job(ji, JobKind::Image, env, args, recipe)
+    Ok(StepContract::Image(ImageContract {
+        common: common(ji, ji.targets.image_push_refs()),
+        source_git_url: source.git.url.clone(),
+        source_revision: source.git.revision.clone(),
+        base_image: inputs.base_image_pinned.clone(),
+        base_image_name: inputs.base_image_name.clone(),
+        base_image_tag: inputs.base_image_tag.clone(),
+        base_image_digest: inputs.base_image_digest.clone(),
+        akmods_image: akmods_image.to_string(),
+        image_repository: ji.targets.image_repository.clone(),
+        akmods_alias: ji.targets.akmods_alias.clone(),
+        strategy,
+    }))
 }
 
-fn common_env(ji: &JobInputs, kind: JobKind) -> Vec<(&'static str, String)> {
+/// Whether the Job mounts the push credentials: only where something is pushed (Validate Jobs
+/// get none at all) and the build names a Secret.
+fn mounts_credentials(ji: &JobInputs) -> bool {
+    ji.targets.pushes && ji.build.spec.registry.credentials_secret_ref.is_some()
+}
+
+fn common(ji: &JobInputs, push_refs: Vec<String>) -> Common {
     let inputs = ji.inputs;
     let build = ji.build;
     let mode = match build.spec.mode {
@@ -235,21 +215,21 @@ fn common_env(ji: &JobInputs, kind: JobKind) -> Vec<(&'static str, String)> {
         BuildMode::Branch => "Branch",
         BuildMode::Validate => "Validate",
     };
-    vec![
-        ("KZO_STEP", kind.as_str().to_string()),
-        ("KZO_BUILD", format!("{}/{}", build.namespace().unwrap_or_default(), build.name_any())),
-        ("KZO_RUN", ji.run.to_string()),
-        ("KZO_MODE", mode.to_string()),
-        ("KZO_INPUTS_HASH", ji.inputs_hash.to_string()),
-        ("KZO_PUSH", ji.targets.pushes.to_string()),
-        ("KZO_WORKDIR", WORK_DIR.to_string()),
-        ("KZO_RESULT_FILE", RESULT_FILE.to_string()),
-        ("FEDORA_VERSION", inputs.fedora_version.clone()),
-        ("KERNEL_RELEASE", inputs.kernel_release.clone()),
-        ("KERNEL_RELEASES", inputs.kernel_releases.join(" ")),
-        ("BUILD_CONTAINER_PINNED", inputs.build_container_pinned.clone()),
-        ("BUILD_CONTAINER_DIGEST", inputs.build_container_digest.clone()),
-    ]
+    Common {
+        build: format!("{}/{}", build.namespace().unwrap_or_default(), build.name_any()),
+        run: ji.run,
+        mode: mode.to_string(),
+        inputs_hash: ji.inputs_hash.to_string(),
+        pushes: ji.targets.pushes,
+        push_refs,
+        work_dir: WORK_DIR.to_string(),
+        result_file: RESULT_FILE.to_string(),
+        auth_file: mounts_credentials(ji).then(|| AUTH_FILE.to_string()),
+        fedora_version: inputs.fedora_version.clone(),
+        kernel_releases: inputs.kernel_releases.clone(),
+        build_container_pinned: inputs.build_container_pinned.clone(),
+        build_container_digest: inputs.build_container_digest.clone(),
+    }
 }
 
 fn child_meta(ji: &JobInputs, name: String, step: &str) -> Result<ObjectMeta, Error> {
@@ -268,13 +248,8 @@ fn child_meta(ji: &JobInputs, name: String, step: &str) -> Result<ObjectMeta, Er
     })
 }
 
-fn render_job(
-    ji: &JobInputs,
-    kind: JobKind,
-    env: Vec<(&'static str, String)>,
-    args: Vec<String>,
-    recipe_config_map: Option<String>,
-) -> Result<Job, Error> {
+fn render_job(ji: &JobInputs, contract: &StepContract, recipe_config_map: Option<String>) -> Result<Job, Error> {
+    let kind = contract.kind();
     let builder_image = &ji.inputs.build_container_pinned;
     if !is_pinned(builder_image) {
         return Err(Error::BuilderNotPinned(builder_image.clone()));
@@ -283,10 +258,12 @@ fn render_job(
     let pushes = ji.targets.pushes;
     let meta = child_meta(ji, job_name(&ji.build.name_any(), ji.run, kind), kind.as_str())?;
 
-    let mut env: Vec<EnvVar> = env
+    let env: Vec<EnvVar> = contract
+        .env()
         .into_iter()
         .map(|(name, value)| EnvVar { name: name.into(), value: Some(value), ..Default::default() })
         .collect();
+    let args = contract.args();
     let mut mounts = vec![
         mount(TOOLS_VOLUME, TOOLS_DIR, None, true),
         mount(WORKSPACE_VOLUME, WORK_DIR, Some("work"), false),
@@ -303,8 +280,7 @@ fn render_job(
             ..Default::default()
         },
     ];
-    // Credentials only where something is pushed: Validate Jobs get none at all.
-    let credentials = ji.build.spec.registry.credentials_secret_ref.as_ref().filter(|_| pushes);
+    let credentials = ji.build.spec.registry.credentials_secret_ref.as_ref().filter(|_| mounts_credentials(ji));
     if let Some(secret) = credentials {
         volumes.push(Volume {
             name: CREDENTIALS_VOLUME.into(),
@@ -321,12 +297,6 @@ fn render_job(
             ..Default::default()
         });
         mounts.push(mount(CREDENTIALS_VOLUME, CREDENTIALS_DIR, None, true));
-        env.push(EnvVar {
-            name: "REGISTRY_AUTH_FILE".into(),
-            value: Some(format!("{CREDENTIALS_DIR}/config.json")),
-            ..Default::default()
-        });
-        env.push(EnvVar { name: "DOCKER_CONFIG".into(), value: Some(CREDENTIALS_DIR.into()), ..Default::default() });
     }
     if let Some(name) = recipe_config_map {
         volumes.push(Volume {
@@ -475,7 +445,6 @@ mod tests {
         assert_eq!(env["AKMODS_REPO"], "kinoite-zfs-bluebuild-akmods-candidate");
         assert_eq!(env["KERNEL_RELEASES"], "6.18.9-200.fc43.x86_64 6.18.12-200.fc43.x86_64");
         assert_eq!(env["AKMODS_UPSTREAM_REF"], i.akmods_upstream_ref);
-        assert_eq!(env["BUILDAH_LAYERS"], "false");
         // The labels it must write read back as a reusable cache for exactly these inputs.
         let written: BTreeMap<String, String> = env["KZO_IMAGE_LABELS"]
             .lines()
@@ -509,6 +478,54 @@ mod tests {
         let secret = p.volumes.as_ref().unwrap().iter().find_map(|v| v.secret.as_ref()).unwrap();
         assert_eq!(secret.secret_name.as_deref(), Some("ghcr-push"));
         assert_eq!(p.init_containers.as_ref().unwrap()[0].image.as_deref(), Some("ghcr.io/x/op@sha256:1"));
+    }
+
+    /// Every kind of Job the renderer makes parses back, from its pod spec alone, into exactly
+    /// the contract it was rendered from; every path the builder is told lies on a mount.
+    #[test]
+    fn every_rendered_job_parses_back_into_its_contract() {
+        let akmods = format!("ghcr.io/danathar/kinoite-zfs-bluebuild-akmods-candidate@{}", digest('c'));
+        for (mode, extra) in [("Main", ""), ("Branch", "  branch: feature/x\n"), ("Validate", "")] {
+            for strategy in [BuildStrategy::BlueBuild, BuildStrategy::Containerfile] {
+                let (mut b, i, t) = render(mode, extra);
+                b.spec.source.strategy = strategy;
+                let j = ji(&b, &i, &t);
+                let mut cases = vec![(image_job(&j, &akmods).unwrap(), image_contract(&j, &akmods).unwrap())];
+                if mode == "Main" {
+                    cases.push((akmods_job(&j).unwrap(), akmods_contract(&j)));
+                }
+                for (job, expected) in cases {
+                    let c = &pod(&job).containers[0];
+                    let env = env_of(&job);
+                    let parsed = StepContract::parse(|k| env.get(k).cloned(), c.args.as_ref().unwrap()).unwrap();
+                    assert_eq!(parsed, expected, "{mode} {strategy:?}");
+                    assert_eq!(env.len(), expected.env().len(), "no variable beyond the contract");
+                    let mounted = |path: &str| {
+                        c.volume_mounts.iter().flatten().any(|m| path.starts_with(&m.mount_path))
+                            || path == c.termination_message_path.as_deref().unwrap()
+                    };
+                    let common = parsed.common();
+                    assert!(mounted(&common.work_dir) && mounted(&common.result_file));
+                    assert_eq!(common.auth_file.is_some(), mode != "Validate");
+                    assert!(common.auth_file.iter().all(|f| mounted(f)));
+                    if let StepContract::Akmods(a) = &parsed {
+                        assert!(mounted(&a.build_dir));
+                        assert_eq!(a.common.kernel_releases, i.kernel_releases);
+                        assert_eq!(a.upstream_ref, i.akmods_upstream_ref);
+                    }
+                }
+            }
+        }
+        // A forgotten variable is an error naming it, never a default.
+        let (b, i, t) = render("Main", "");
+        let job = akmods_job(&ji(&b, &i, &t)).unwrap();
+        let mut env = env_of(&job);
+        env.remove("AKMODS_UPSTREAM_REF");
+        let args = vec!["builder".to_string(), "akmods".to_string()];
+        assert_eq!(
+            StepContract::parse(|k| env.get(k).cloned(), &args),
+            Err(super::super::contract::Error::Missing("AKMODS_UPSTREAM_REF"))
+        );
     }
 
     #[test]
@@ -607,7 +624,7 @@ mod tests {
         let env = env_of(&job);
         assert_eq!(env["KZO_PUSH"], "false");
         assert_eq!(env["KZO_PUSH_REFS"], "");
-        assert!(!env.contains_key("REGISTRY_AUTH_FILE") && !env.contains_key("DOCKER_CONFIG"));
+        assert!(!env.contains_key("REGISTRY_AUTH_FILE"));
         assert_eq!(job.spec.as_ref().unwrap().backoff_limit, Some(0));
     }
 

@@ -6,6 +6,7 @@
 mod support;
 
 mod apisim;
+mod builder;
 mod cache_check;
 mod controller;
 mod crds;

@@ -2,9 +2,11 @@
 
 #![allow(dead_code)]
 
+pub mod akmods;
 pub mod apisim;
 pub mod faults;
 pub mod image;
+pub mod kubelet;
 pub mod registry;
 pub mod schema;
 

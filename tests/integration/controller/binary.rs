@@ -25,12 +25,21 @@ fn free_port() -> u16 {
 async fn the_run_binary_serves_health_readiness_metrics_and_stops_on_sigterm() {
     let env = Env::without_operator().await;
     env.push_cache(&[K1, K2]).await;
+    // The tools image given by tag (H8): resolved once at startup, Jobs carry its digest.
+    let tools =
+        ImageSpec::new(vec![Layer::gzip(vec![Entry::executable("usr/local/bin/kinoite-zfs-operator", b"x".to_vec())])]);
+    let tools_digest = env.pusher.push_image("danathar/kinoite-zfs-operator", Some("v1"), &tools).await.digest;
+    let tools_tag = format!("{}/danathar/kinoite-zfs-operator:v1", env.host());
+    let registry_config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(registry_config.path(), docker_config(env.host(), USER, PASSWORD)).unwrap();
     let logs = tempfile::NamedTempFile::new().unwrap();
     let port = free_port();
     let mut child = Process(
         Command::new(env!("CARGO_BIN_EXE_kinoite-zfs-operator"))
             .args(["run", "--log-format", "json", "--http-address", &format!("127.0.0.1:{port}")])
-            .args(["--insecure-registry", env.host(), "--tools-image", TOOLS_IMAGE])
+            .args(["--insecure-registry", env.host(), "--tools-image", &tools_tag])
+            .arg("--registry-config")
+            .arg(registry_config.path())
             .env("KUBECONFIG", env.sim.kubeconfig())
             .env("RUST_LOG", "info,kinoite_zfs_operator=debug")
             .stdout(Stdio::null())
@@ -56,7 +65,9 @@ async fn the_run_binary_serves_health_readiness_metrics_and_stops_on_sigterm() {
     // Real work: resolved from the registry with the build's Secret, cache reused, image Job.
     env.create(&env.build("kinoite", "Main", "")).await;
     env.wait_for("kinoite", "the image Job", |b| phase(b).as_deref() == Some("BuildingImage")).await;
-    env.job("kinoite-1-image").await;
+    let job = env.job("kinoite-1-image").await;
+    let init = &job.spec.as_ref().unwrap().template.spec.as_ref().unwrap().init_containers.as_ref().unwrap()[0];
+    assert_eq!(init.image, Some(format!("{}/danathar/kinoite-zfs-operator@{tools_digest}", env.host())));
 
     let (status, metrics) = http_get(&format!("{base}/metrics")).await;
     assert_eq!(status, 200);
@@ -89,4 +100,26 @@ async fn the_run_binary_serves_health_readiness_metrics_and_stops_on_sigterm() {
     assert!(text.contains("reconcile"), "{text}");
     assert!(text.contains("SIGTERM"), "{text}");
     assert!(!text.contains(PASSWORD), "the registry password leaked into the logs");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_refuses_to_start_with_a_tools_image_tag_it_cannot_resolve() {
+    let env = Env::without_operator().await;
+    let absent = format!("{}/danathar/kinoite-zfs-operator:no-such-tag", env.host());
+    let registry_config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(registry_config.path(), docker_config(env.host(), USER, PASSWORD)).unwrap();
+    for (image, says) in [(absent.as_str(), "not found"), ("kinoite-zfs-operator:latest", "not fully qualified")] {
+        let out = Command::new(env!("CARGO_BIN_EXE_kinoite-zfs-operator"))
+            .args(["run", "--http-address", "127.0.0.1:0", "--insecure-registry", env.host(), "--tools-image", image])
+            .arg("--registry-config")
+            .arg(registry_config.path())
+            .env("KUBECONFIG", env.sim.kubeconfig())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(&format!("refusing to start: --tools-image {image} cannot be resolved")), "{stderr}");
+        assert!(stderr.to_lowercase().contains(says), "{stderr}");
+        assert!(!stderr.contains(PASSWORD));
+    }
 }

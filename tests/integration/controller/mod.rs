@@ -14,6 +14,7 @@ mod deploy;
 mod failures;
 mod plan;
 mod promotion;
+mod real_builder;
 mod runs;
 mod unreadable;
 
