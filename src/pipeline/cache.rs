@@ -15,6 +15,10 @@
 //!
 //! The verdict names the method (labels trust what the pipeline wrote, a scan checks content:
 //! H11 asks to record which) and the image by digest, which is what a build then uses.
+//!
+//! [`confirm_by_content`] is the same decision with step 2 always a layer scan: it confirms an
+//! image an akmods Job just pushed, whose labels that Job wrote itself (H11: the labels are the
+//! claim being checked, so they cannot be the evidence).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -164,6 +168,35 @@ pub async fn check_cache<R: RegistryClient + ?Sized>(
     query: &CacheQuery,
     memory: &ScanMemory,
 ) -> Result<CacheCheck, Error> {
+    check(registry, query, memory, Coverage::LabelsWhenUsable).await
+}
+
+/// Decides as [`check_cache`], with coverage always from the layers (method `LayerScan`), never
+/// from the labels; the labels' inputs are still compared. A kernel the labels claim but the
+/// layers lack is named in the reason.
+pub async fn confirm_by_content<R: RegistryClient + ?Sized>(
+    registry: &R,
+    query: &CacheQuery,
+    memory: &ScanMemory,
+) -> Result<CacheCheck, Error> {
+    check(registry, query, memory, Coverage::Content).await
+}
+
+/// Where coverage comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Coverage {
+    /// The cache labels when they are usable, else the layers (R4.4, R4.5).
+    LabelsWhenUsable,
+    /// The layers only.
+    Content,
+}
+
+async fn check<R: RegistryClient + ?Sized>(
+    registry: &R,
+    query: &CacheQuery,
+    memory: &ScanMemory,
+    coverage: Coverage,
+) -> Result<CacheCheck, Error> {
     if query.kernel_releases.is_empty() {
         return Err(Error::NoKernels);
     }
@@ -192,7 +225,9 @@ pub async fn check_cache<R: RegistryClient + ?Sized>(
     let config = image_config(registry, &resolved).await.map_err(registry_error)?;
     let source_image = resolved.pinned();
 
-    let (covered, method, bytes_read) = match label_coverage(&config.labels) {
+    let claimed = label_coverage(&config.labels);
+    let trusted = claimed.clone().filter(|_| coverage == Coverage::LabelsWhenUsable);
+    let (covered, method, bytes_read) = match trusted {
         Some(covered) => (covered, CacheCheckMethod::Labels, 0),
         None => {
             let view = scan_remembered(registry, &resolved.reference, resolved.layers(), Question::CacheScan, memory)
@@ -202,7 +237,10 @@ pub async fn check_cache<R: RegistryClient + ?Sized>(
             (covered, CacheCheckMethod::LayerScan, view.bytes_read())
         }
     };
-    let mismatches = input_mismatches(&config.labels, &query.inputs);
+    let mut mismatches = input_mismatches(&config.labels, &query.inputs);
+    if coverage == Coverage::Content {
+        mismatches.extend(false_claims(claimed.as_ref(), &covered, &query.kernel_releases));
+    }
     let verdict = decide(&query.kernel_releases, &covered, method, &mismatches, source_image);
     tracing::info!(
         image = %image, status = ?verdict.status, method = ?method, bytes_read,
@@ -278,6 +316,21 @@ pub fn scan_coverage(view: &MergedView, required: &[String]) -> BTreeSet<String>
     let rpms = view.payload_paths().filter_map(|p| p.strip_prefix(RPM_DIR));
     let kernels: BTreeSet<&str> = rpms.into_iter().filter_map(rpm_kernel).collect();
     required.iter().filter(|release| kernels.contains(release.as_str())).cloned().collect()
+}
+
+/// The required kernels the labels claim but the layers do not cover, as a reason (content
+/// wins; the reason says the labels claimed them, so a lying or broken push is visible).
+fn false_claims(claimed: Option<&BTreeSet<String>>, covered: &BTreeSet<String>, required: &[String]) -> Option<String> {
+    let claimed = claimed?;
+    let false_claims: Vec<String> =
+        dedup(required).into_iter().filter(|k| claimed.contains(k) && !covered.contains(k)).collect();
+    (!false_claims.is_empty()).then(|| {
+        format!(
+            "its labels claim kernel releases {} ({}), but its layers hold no kmod RPM for them",
+            false_claims.join(" "),
+            labels::KERNEL_RELEASES
+        )
+    })
 }
 
 /// Reasons why a cache built from other inputs must not be reused. Only labels that are present
@@ -444,6 +497,68 @@ mod tests {
         );
         assert!(input_mismatches(&built, &CacheInputs::default()).is_empty(), "nothing requested");
         assert!(input_mismatches(&BTreeMap::new(), &other).is_empty(), "no labels (reference caches)");
+    }
+
+    /// An akmods image in the fake registry: one gzip layer with kmod RPMs for `rpms`, and
+    /// labels claiming `claimed`.
+    fn lying_image(registry: &crate::registry::fake::FakeRegistry, rpms: &[&str], claimed: &[&str]) -> String {
+        use crate::registry::media_types;
+        let mut tar = tar::Builder::new(Vec::new());
+        for k in rpms {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(0);
+            header.set_mode(0o644);
+            header.set_entry_type(tar::EntryType::Regular);
+            tar.append_data(&mut header, format!("{RPM_DIR}kmod-zfs-{k}-2.4.1-1.fc43.x86_64.rpm"), &[][..]).unwrap();
+        }
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &tar.into_inner().unwrap()).unwrap();
+        let layer = gz.finish().unwrap();
+        let repo = "r.example/o/akmods";
+        let config = serde_json::to_vec(&serde_json::json!({"config": {"Labels": {
+            labels::CACHE_FORMAT: labels::FORMAT_VERSION, labels::KERNEL_RELEASES: claimed.join(" ")}}}))
+        .unwrap();
+        let manifest = serde_json::json!({
+            "schemaVersion": 2, "mediaType": media_types::OCI_MANIFEST,
+            "config": {"mediaType": media_types::OCI_CONFIG, "digest": registry.add_blob(repo, &config), "size": config.len()},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": registry.add_blob(repo, &layer), "size": layer.len()}],
+        });
+        let digest =
+            registry.add_manifest(repo, None, media_types::OCI_MANIFEST, &serde_json::to_vec(&manifest).unwrap());
+        format!("{repo}@{digest}")
+    }
+
+    #[tokio::test]
+    async fn confirmation_by_content_ignores_what_the_labels_claim() {
+        let registry = crate::registry::fake::FakeRegistry::new();
+        let image = lying_image(&registry, &[K1], &[K1, K13]);
+        let query = CacheQuery {
+            image: ImageRef::parse(&image).unwrap(),
+            kernel_releases: vec![K1.into(), K13.into()],
+            inputs: CacheInputs::default(),
+        };
+        // The fast path believes the labels (H11: fine for a cache lookup, not as proof).
+        let by_labels = check_cache(&registry, &query, &ScanMemory::default()).await.unwrap();
+        assert_eq!(
+            (by_labels.verdict.status, by_labels.verdict.method, by_labels.bytes_read),
+            (CacheStatus::Reusable, Some(CacheCheckMethod::Labels), 0)
+        );
+        // The confirmation reads the layers: K13 is not there, whatever the labels say.
+        let confirmed = confirm_by_content(&registry, &query, &ScanMemory::default()).await.unwrap();
+        let verdict = confirmed.verdict;
+        assert_eq!((verdict.status, verdict.method), (CacheStatus::Stale, Some(CacheCheckMethod::LayerScan)));
+        assert_eq!(verdict.missing_kernels, [K13]);
+        assert!(confirmed.bytes_read > 0);
+        let reason = verdict.reason.unwrap();
+        assert!(reason.contains(&format!("its labels claim kernel releases {K13}")), "{reason}");
+        // Content that covers every kernel confirms, with the method recorded.
+        let honest = lying_image(&registry, &[K1, K13], &[K1, K13]);
+        let query = CacheQuery { image: ImageRef::parse(&honest).unwrap(), ..query };
+        let verdict = confirm_by_content(&registry, &query, &ScanMemory::default()).await.unwrap().verdict;
+        assert_eq!(
+            (verdict.status, verdict.method, verdict.reason),
+            (CacheStatus::Reusable, Some(CacheCheckMethod::LayerScan), None)
+        );
     }
 
     #[test]

@@ -179,6 +179,28 @@ const ZSTD_WINDOW_LOG_MAX: u32 = 25;
 /// gzip's 32 KiB) and a few pipeline chunks, which keeps the scan's memory bounded.
 const MAX_PARALLEL_LAYERS: usize = 2;
 
+/// Bounds on what one layer may make the walker hold or do, whatever its content: every tar
+/// header field is outside input. A layer over a bound is malformed (the scan fails; nothing is
+/// guessed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest entry path or link target, in bytes. Linux's `PATH_MAX` is 4096, so no file a
+    /// layer was made from has a longer path.
+    pub max_path_bytes: usize,
+    /// Largest GNU long-name/long-link or PAX extended header read into memory (the tar crate
+    /// would read any size whole).
+    pub max_header_bytes: u64,
+    /// Most entries in one layer (each non-directory entry costs 16 bytes until the layer is
+    /// applied). A Fedora Kinoite layer has a few hundred thousand.
+    pub max_entries: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits { max_path_bytes: 4096, max_header_bytes: 1 << 20, max_entries: 4 << 20 }
+    }
+}
+
 /// The key of a normalized path: the first 128 bits of its SHA-256, so a layer's removals are
 /// remembered in 16 bytes per path whatever the path length. The key is the same in every merger
 /// and every process, which is what lets a layer's [`LayerChanges`] be remembered (in memory and
@@ -271,6 +293,7 @@ impl LayerChanges {
 #[derive(Clone)]
 pub struct LayerReader {
     interest: Interest,
+    limits: Limits,
 }
 
 impl LayerReader {
@@ -292,18 +315,56 @@ impl LayerReader {
     }
 
     /// Reads one uncompressed tar layer from `reader`, which is read to its end.
+    ///
+    /// The archive is read raw: GNU long names, long links and PAX headers are read here, each
+    /// bounded by [`Limits::max_header_bytes`] (the tar crate's own handling reads them whole,
+    /// whatever size the header declares).
     pub fn read_tar<R: Read>(&self, reader: R) -> Result<LayerChanges, String> {
         let key = path_key;
+        let limits = &self.limits;
         let mut counting = Counting { inner: reader, count: 0 };
         let mut changes = LayerChanges::default();
         let mut end_of_entries = 0u64;
         {
             let mut archive = tar::Archive::new(&mut counting);
-            for entry in archive.entries().map_err(|e| e.to_string())? {
-                let entry = entry.map_err(|e| e.to_string())?;
+            let mut pending = Extensions::default();
+            for entry in archive.entries().map_err(|e| e.to_string())?.raw(true) {
+                let mut entry = entry.map_err(|e| e.to_string())?;
+                // No overflow: the tar crate checked that the next header's offset fits.
                 end_of_entries = entry.raw_file_position() + entry.size().div_ceil(512) * 512;
+                if pending.take_extension(&mut entry, limits)? {
+                    continue;
+                }
                 changes.entries_seen += 1;
-                let Some(path) = normalize(&String::from_utf8_lossy(&entry.path_bytes()))? else { continue };
+                if changes.entries_seen > limits.max_entries {
+                    return Err(format!("the layer has more than {} entries", limits.max_entries));
+                }
+                let extensions = std::mem::take(&mut pending);
+                let header = entry.header();
+                if header.entry_type().is_gnu_sparse() && header.as_gnu().is_some_and(|g| g.is_extended()) {
+                    return Err("GNU sparse entries with extension headers are not supported".into());
+                }
+                if let Some(size) = extensions.size()?
+                    && size != entry.size()
+                {
+                    return Err(format!(
+                        "a PAX header sets size {size} for an entry whose header says {} (not supported)",
+                        entry.size()
+                    ));
+                }
+                let path_bytes = extensions.path(header);
+                if path_bytes.len() > limits.max_path_bytes {
+                    return Err(format!(
+                        "an entry path is {} bytes long, more than {} (PATH_MAX)",
+                        path_bytes.len(),
+                        limits.max_path_bytes
+                    ));
+                }
+                let link_bytes = extensions.link(header);
+                if link_bytes.as_ref().is_some_and(|l| l.len() > limits.max_path_bytes) {
+                    return Err(format!("a link target is longer than {} bytes (PATH_MAX)", limits.max_path_bytes));
+                }
+                let Some(path) = normalize(&String::from_utf8_lossy(&path_bytes))? else { continue };
                 if let Some(reserved_dir) = inside_reserved_dir(&path) {
                     // Below an AUFS metadata directory (`.wh..wh.plnk/...`): not part of the image.
                     self.imply_parents(&mut changes.upper, reserved_dir);
@@ -318,7 +379,8 @@ impl LayerReader {
                     let target = if parent.is_empty() { hidden.to_string() } else { format!("{parent}/{hidden}") };
                     changes.whiteouts.0.push(key(&target));
                 } else {
-                    let kind = kind_of(&entry)?;
+                    let link = link_bytes.map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+                    let kind = kind_of(header.entry_type(), link)?;
                     if kind != EntryKind::Directory {
                         // A file, link or device replaces a lower directory with all it held.
                         changes.replaced.0.push(key(&path));
@@ -329,10 +391,13 @@ impl LayerReader {
                 }
                 self.imply_parents(&mut changes.upper, &path);
             }
+            if !pending.is_empty() {
+                return Err("the layer ends with a long-name or PAX header that describes no entry".into());
+            }
         }
         // The tar crate also ends at a plain EOF between entries; a layer must end with the
         // end-of-archive block, or it was cut short.
-        if counting.count < end_of_entries + 512 {
+        if counting.count < end_of_entries.saturating_add(512) {
             return Err("the tar stream ends before its end-of-archive marker (truncated layer)".into());
         }
         io::copy(&mut counting, &mut io::sink()).map_err(|e| e.to_string())?;
@@ -346,7 +411,9 @@ impl LayerReader {
         let mut end = 0;
         while let Some(slash) = path[end..].find('/') {
             let dir = &path[..end + slash];
-            if !upper.contains_key(dir) && (self.interest)(dir) {
+            // The interest first: it rejects most directories at once, and the map lookup of a
+            // long prefix is the expensive part.
+            if (self.interest)(dir) && !upper.contains_key(dir) {
                 upper.insert(dir.to_string(), EntryKind::Directory);
             }
             end += slash + 1;
@@ -365,7 +432,12 @@ pub struct LayerMerger {
 
 impl LayerMerger {
     pub fn new(interest: Interest) -> LayerMerger {
-        LayerMerger { reader: LayerReader { interest }, lower: BTreeMap::new(), layers: 0, entries_seen: 0 }
+        LayerMerger::with_limits(interest, Limits::default())
+    }
+
+    /// A merger whose layers must stay within `limits` (tests use small ones).
+    pub fn with_limits(interest: Interest, limits: Limits) -> LayerMerger {
+        LayerMerger { reader: LayerReader { interest, limits }, lower: BTreeMap::new(), layers: 0, entries_seen: 0 }
     }
 
     /// A reader whose [`LayerChanges`] this merger can apply (layers may be read in parallel).
@@ -421,19 +493,93 @@ fn inside_reserved_dir(path: &str) -> Option<&str> {
     None
 }
 
-fn kind_of<R: Read>(entry: &tar::Entry<'_, R>) -> Result<EntryKind, String> {
-    let link =
-        || -> String { entry.link_name_bytes().map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default() };
-    Ok(match entry.header().entry_type() {
+fn kind_of(entry_type: tar::EntryType, link: String) -> Result<EntryKind, String> {
+    Ok(match entry_type {
         tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => EntryKind::File,
         tar::EntryType::Directory => EntryKind::Directory,
-        tar::EntryType::Link => {
-            let target = link();
-            EntryKind::HardLink { target: normalize(&target)?.unwrap_or(target) }
-        }
-        tar::EntryType::Symlink => EntryKind::Symlink { target: link() },
+        tar::EntryType::Link => EntryKind::HardLink { target: normalize(&link)?.unwrap_or(link) },
+        tar::EntryType::Symlink => EntryKind::Symlink { target: link },
         _ => EntryKind::Other,
     })
+}
+
+/// The GNU long name, long link and PAX extended header that precede an entry (the tar
+/// crate's rules: a long name wins over a PAX `path`, which wins over the header's name).
+#[derive(Default)]
+struct Extensions {
+    long_name: Option<Vec<u8>>,
+    long_link: Option<Vec<u8>>,
+    pax: Option<Vec<u8>>,
+}
+
+impl Extensions {
+    fn is_empty(&self) -> bool {
+        self.long_name.is_none() && self.long_link.is_none() && self.pax.is_none()
+    }
+
+    /// Reads `entry` when it is an extension header (true), bounded by the limits.
+    fn take_extension<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>, limits: &Limits) -> Result<bool, String> {
+        let header = entry.header();
+        let recognized = header.as_gnu().is_some() || header.as_ustar().is_some();
+        let entry_type = header.entry_type();
+        if entry_type.is_pax_global_extensions() {
+            // Archive-wide defaults (comments, mtimes); nothing the merge uses. Skipped unread.
+            return Ok(true);
+        }
+        let slot = match entry_type {
+            t if recognized && t.is_gnu_longname() => &mut self.long_name,
+            t if recognized && t.is_gnu_longlink() => &mut self.long_link,
+            t if recognized && t.is_pax_local_extensions() => &mut self.pax,
+            _ => return Ok(false),
+        };
+        if slot.is_some() {
+            return Err("two long-name or PAX headers describe the same entry".into());
+        }
+        if entry.size() > limits.max_header_bytes {
+            return Err(format!(
+                "a long-name or PAX header declares {} bytes, more than {}",
+                entry.size(),
+                limits.max_header_bytes
+            ));
+        }
+        let mut data = Vec::new();
+        entry.read_to_end(&mut data).map_err(|e| e.to_string())?;
+        *slot = Some(data);
+        Ok(true)
+    }
+
+    fn pax_value(&self, key: &[u8]) -> Option<&[u8]> {
+        let pax = self.pax.as_deref()?;
+        tar::PaxExtensions::new(pax).filter_map(Result::ok).find(|e| e.key_bytes() == key).map(|e| e.value_bytes())
+    }
+
+    fn path<'h>(&'h self, header: &'h tar::Header) -> std::borrow::Cow<'h, [u8]> {
+        match (&self.long_name, self.pax_value(b"path")) {
+            (Some(name), _) => std::borrow::Cow::Borrowed(name.strip_suffix(&[0]).unwrap_or(name)),
+            (None, Some(path)) => std::borrow::Cow::Borrowed(path),
+            (None, None) => header.path_bytes(),
+        }
+    }
+
+    fn link<'h>(&'h self, header: &'h tar::Header) -> Option<std::borrow::Cow<'h, [u8]>> {
+        match (&self.long_link, self.pax_value(b"linkpath")) {
+            (Some(link), _) => Some(std::borrow::Cow::Borrowed(link.strip_suffix(&[0]).unwrap_or(link))),
+            (None, Some(link)) => Some(std::borrow::Cow::Borrowed(link)),
+            (None, None) => header.link_name_bytes(),
+        }
+    }
+
+    /// The PAX `size`, when there is one.
+    fn size(&self) -> Result<Option<u64>, String> {
+        self.pax_value(b"size")
+            .map(|v| {
+                std::str::from_utf8(v)
+                    .ok()
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .ok_or_else(|| "a PAX header has an invalid size".to_string())
+            })
+            .transpose()
+    }
 }
 
 /// `./usr//lib/` -> `usr/lib`; the root itself -> `None`. `..` components make a layer invalid

@@ -302,6 +302,10 @@ pub struct RecordedRun {
     pub candidate_digest: String,
     /// The akmods image the run built with, `name@sha256:...`.
     pub akmods_image: String,
+    /// The kernel releases the run verified ZFS for (what a re-verification expects).
+    pub kernel_releases: Vec<String>,
+    /// The base the candidate was built on, `name@sha256:...` (empty when not recorded).
+    pub base_image: String,
 }
 
 #[derive(Deserialize)]
@@ -321,6 +325,10 @@ struct ReadRun {
 #[derive(Deserialize)]
 struct ReadInputs {
     fedora_version: String,
+    #[serde(default)]
+    kernel_releases: Vec<String>,
+    #[serde(default)]
+    base_image_pinned: String,
 }
 
 #[derive(Deserialize)]
@@ -353,6 +361,8 @@ pub fn parse_provenance(text: &str) -> Result<RecordedRun, Error> {
         candidate_image: doc.candidate.image.digest_ref,
         candidate_digest: doc.candidate.image.digest,
         akmods_image: doc.candidate.akmods.digest_ref,
+        kernel_releases: doc.inputs.kernel_releases,
+        base_image: doc.inputs.base_image_pinned,
     })
 }
 
@@ -574,6 +584,8 @@ mod tests {
                 candidate_image: format!("ghcr.io/danathar/kinoite-zfs-candidate@{}", digest('c')),
                 candidate_digest: digest('c'),
                 akmods_image: format!("ghcr.io/danathar/akmods-candidate@{}", digest('d')),
+                kernel_releases: resolved_inputs().kernel_releases,
+                base_image: resolved_inputs().base_image_pinned,
             }
         );
         assert!(matches!(parse_provenance("{}"), Err(Error::Provenance(_))));

@@ -13,6 +13,7 @@ use kinoite_zfs_operator::controllers::image_build::work::{CacheRequest, WorkOut
 use kinoite_zfs_operator::jobs::JobKind;
 use kinoite_zfs_operator::jobs::result::{self, BuilderResult};
 use kinoite_zfs_operator::pipeline::cache::labels;
+use kinoite_zfs_operator::pipeline::scan_memory::ScanMemory;
 use serde_json::Value;
 
 use crate::cache_check::{client, operator};
@@ -188,11 +189,17 @@ async fn two_kernels_make_a_cache_that_cache_check_and_the_operator_accept() {
         akmods_ref: remote.commit.clone(),
         builder_digest: BUILDER_DIGEST.into(),
     };
-    let WorkOutcome::Cache(v) = execute::check_cache(&client(registry.host(), Some((USER, PASSWORD))), &request).await
-    else {
+    let registry_client = client(registry.host(), Some((USER, PASSWORD)));
+    let memory = ScanMemory::default();
+    let WorkOutcome::Cache(v) = execute::check_cache(&registry_client, &request, &memory).await else {
         panic!("expected a verdict")
     };
     assert_eq!((v.status, v.method), (CacheStatus::Reusable, Some(CacheCheckMethod::Labels)));
+    // The operator's confirmation of what an akmods Job reported reads the layers, not the labels.
+    let WorkOutcome::Cache(v) = execute::confirm_akmods(&registry_client, &request, &memory).await else {
+        panic!("expected a verdict")
+    };
+    assert_eq!((v.status, v.method), (CacheStatus::Reusable, Some(CacheCheckMethod::LayerScan)));
 }
 
 #[tokio::test]

@@ -11,6 +11,7 @@ mod cache_check;
 mod controller;
 mod crds;
 mod examples;
+mod hostile_input;
 mod layer_walker;
 mod plan_cli;
 mod promote;

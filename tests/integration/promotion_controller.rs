@@ -224,17 +224,24 @@ spec:
         .await
     }
 
-    /// Pushes run `n`'s candidate image and akmods image (distinct content per run).
+    /// Pushes run `n`'s candidate image and akmods image (distinct content per run): the base
+    /// layer ([`BASE`]) plus a ZFS layer for [`KERNEL`] that verification accepts.
     async fn push_run(&self, n: i64) -> Run {
+        self.push_run_for(n, KERNEL).await
+    }
+
+    /// [`World::push_run`] with the ZFS module built for `kernel`.
+    async fn push_run_for(&self, n: i64, kernel: &str) -> Run {
         let pusher = Pusher::new(&self.registry);
         let image = ImageSpec::new(vec![
-            Layer::gzip(vec![Entry::file("usr/share/base", noise(32 * 1024, 7))]),
+            base_layer(),
             Layer::gzip(vec![
                 Entry::file(
-                    "usr/lib/modules/6.18.13-200.fc43.x86_64/extra/zfs/zfs.ko.xz",
+                    &format!("usr/lib/modules/{kernel}/extra/zfs/zfs.ko.xz"),
                     format!("zfs of run {n}").into_bytes(),
                 ),
                 Entry::executable("usr/sbin/zfs", b"zfs".to_vec()),
+                Entry::executable("usr/sbin/zpool", b"zpool".to_vec()),
             ]),
         ]);
         let akmods = ImageSpec::new(vec![Layer::gzip(vec![Entry::file(
@@ -244,6 +251,57 @@ spec:
         let image = pusher.push_image(CANDIDATE, Some(&format!("{n}-43")), &image).await.digest;
         let akmods = pusher.push_image(AKMODS_CANDIDATE, Some(&format!("{n}-43")), &akmods).await.digest;
         Run { n, image, akmods }
+    }
+
+    /// `build-provenance.json` of run `n` of the build `kinoite` with this candidate and akmods
+    /// digest (in the candidate repositories) and kernels, as the build controller writes it;
+    /// the base is pushed to [`BASE`] and named by digest.
+    async fn provenance(&self, n: i64, image: &str, akmods: &str, kernels: &[&str]) -> String {
+        use kinoite_zfs_operator::api::build::{BuildMode, ResolvedInputs, RunTrigger};
+        use kinoite_zfs_operator::pipeline::records::{RefBundle, RunIdentity, provenance_json};
+        let base = Pusher::new(&self.registry)
+            .push_image(BASE, Some("latest"), &ImageSpec::new(vec![base_layer()]))
+            .await
+            .digest;
+        let host = self.host();
+        let inputs: ResolvedInputs = serde_json::from_value(json!({
+            "useInputLock": false, "lockFilePath": "", "fedoraVersion": "43",
+            "kernelRelease": kernels.last().unwrap(), "kernelReleases": kernels,
+            "baseImageRef": format!("{host}/{BASE}:latest"), "baseImageName": format!("{host}/{BASE}"),
+            "baseImageTag": "latest-20260420", "baseImagePinned": format!("{host}/{BASE}@{base}"),
+            "baseImageDigest": base, "buildContainerRef": "ghcr.io/ublue-os/devcontainer:latest",
+            "buildContainerPinned": format!("ghcr.io/ublue-os/devcontainer@{image}"),
+            "buildContainerDigest": image, "zfsMinorVersion": "2.4",
+            "akmodsUpstreamRef": "9d13b6950811cdaae2e8ab748c85c5da35810ae3",
+        }))
+        .unwrap();
+        let identity = RunIdentity {
+            namespace: NS,
+            name: "kinoite",
+            run: n,
+            source_url: "https://example.com/kinoite-zfs.git",
+            source_revision: REV,
+            mode: BuildMode::Main,
+            trigger: RunTrigger::Created,
+        };
+        provenance_json(
+            &identity,
+            &inputs,
+            RefBundle::new(&format!("{host}/{CANDIDATE}"), &format!("{n}-43"), image),
+            RefBundle::new(&format!("{host}/{AKMODS_CANDIDATE}"), &format!("{n}-43"), akmods),
+            k8s_openapi::jiff::Timestamp::now(),
+        )
+    }
+
+    /// Writes a run record `kinoite-run-<n>` owned by the build, exactly as the build
+    /// controller's (which anyone allowed to create ConfigMaps can also write).
+    async fn write_record(&self, n: i64, provenance: String) {
+        use kinoite_zfs_operator::pipeline::records::{PROVENANCE_KEY, run_record_config_map};
+        let build = self.builds().get("kinoite").await.unwrap();
+        let record =
+            run_record_config_map(&build, n, "sha256:h", [(PROVENANCE_KEY.to_string(), provenance)].into()).unwrap();
+        let config_maps: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(self.client.clone(), NS);
+        config_maps.create(&PostParams::default(), &record).await.unwrap();
     }
 
     /// What `skopeo inspect --raw` serves for `repo:tag` (or `repo@digest`), read from the
@@ -306,6 +364,15 @@ spec:
     fn seen(&self) -> Vec<(String, String)> {
         self.proxy.seen().into_iter().map(|s| (s.method, s.path)).collect()
     }
+}
+
+/// The kernel every pushed run carries ZFS for.
+const KERNEL: &str = "6.18.13-200.fc43.x86_64";
+/// The base the candidates are built on (its one layer starts every candidate).
+const BASE: &str = "o/kinoite-main";
+
+fn base_layer() -> Layer {
+    Layer::gzip(vec![Entry::file("usr/share/base", noise(32 * 1024, 7))])
 }
 
 /// A pushed run.
@@ -661,10 +728,7 @@ async fn a_newer_run_does_not_interrupt_a_promotion_in_flight() {
 
 #[tokio::test]
 async fn a_pinned_run_outside_the_history_is_read_from_its_run_record() {
-    use kinoite_zfs_operator::api::build::{BuildMode, RunTrigger};
-    use kinoite_zfs_operator::pipeline::records::{
-        PROVENANCE_KEY, RefBundle, RunIdentity, provenance_json, run_record_config_map,
-    };
+    use kinoite_zfs_operator::pipeline::records::{PROVENANCE_KEY, run_record_config_map};
     let w = World::start().await;
     let ctl = w.start_controller();
     let r1 = w.push_run(1).await;
@@ -673,33 +737,7 @@ async fn a_pinned_run_outside_the_history_is_read_from_its_run_record() {
     // Run 1 fell out of the bounded history; only run 2 is in the status.
     w.set_runs("kinoite", &[r2.summary(w.host(), "Succeeded", true)]).await;
     let build = w.builds().get("kinoite").await.unwrap();
-    let inputs: kinoite_zfs_operator::api::build::ResolvedInputs = serde_json::from_value(json!({
-        "useInputLock": false, "lockFilePath": "", "fedoraVersion": "43",
-        "kernelRelease": "6.18.13-200.fc43.x86_64", "kernelReleases": ["6.18.13-200.fc43.x86_64"],
-        "baseImageRef": "ghcr.io/ublue-os/kinoite-main:latest", "baseImageName": "ghcr.io/ublue-os/kinoite-main",
-        "baseImageTag": "latest-20260420", "baseImagePinned": format!("ghcr.io/ublue-os/kinoite-main@{}", r1.image),
-        "baseImageDigest": r1.image, "buildContainerRef": "ghcr.io/ublue-os/devcontainer:latest",
-        "buildContainerPinned": format!("ghcr.io/ublue-os/devcontainer@{}", r1.image),
-        "buildContainerDigest": r1.image, "zfsMinorVersion": "2.4",
-        "akmodsUpstreamRef": "9d13b6950811cdaae2e8ab748c85c5da35810ae3",
-    }))
-    .unwrap();
-    let identity = RunIdentity {
-        namespace: NS,
-        name: "kinoite",
-        run: 1,
-        source_url: "https://example.com/kinoite-zfs.git",
-        source_revision: REV,
-        mode: BuildMode::Main,
-        trigger: RunTrigger::Created,
-    };
-    let provenance = provenance_json(
-        &identity,
-        &inputs,
-        RefBundle::new(&format!("{}/{CANDIDATE}", w.host()), "1-43", &r1.image),
-        RefBundle::new(&format!("{}/{AKMODS_CANDIDATE}", w.host()), "1-43", &r1.akmods),
-        k8s_openapi::jiff::Timestamp::now(),
-    );
+    let provenance = w.provenance(1, &r1.image, &r1.akmods, &[KERNEL]).await;
     let config_maps: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(w.client.clone(), NS);
     // A look-alike record the build does not own never makes a digest promotable.
     let mut forged =
@@ -723,6 +761,69 @@ async fn a_pinned_run_outside_the_history_is_read_from_its_run_record() {
     assert_eq!(w.skopeo_digest(&format!("{STABLE}:latest")), Some(r1.image.clone()));
     assert_eq!(w.skopeo_digest(&format!("{STABLE}:{}", r1.audit())), Some(r1.image.clone()));
     assert_eq!(w.skopeo_digest(&format!("{AKMODS}:main-43")), Some(r1.akmods.clone()));
+    ctl.stop().await;
+}
+
+#[tokio::test]
+async fn a_forged_run_record_is_re_verified_from_the_registry_and_refused() {
+    let w = World::start().await;
+    let ctl = w.start_controller();
+    let r1 = w.push_run(1).await;
+    w.create_build("kinoite", "Main").await;
+    w.set_runs("kinoite", &[r1.summary(w.host(), "Succeeded", true)]).await;
+
+    // Run 7: a record naming a candidate digest that is not in the registry.
+    let phantom = format!("sha256:{}", "7".repeat(64));
+    w.write_record(7, w.provenance(7, &phantom, &r1.akmods, &[KERNEL]).await).await;
+    // Run 8: a candidate that is in the candidate repository, but carries ZFS for another
+    // kernel than the one its record claims it was verified for.
+    let r8 = w.push_run_for(8, "6.18.12-200.fc43.x86_64").await;
+    w.write_record(8, w.provenance(8, &r8.image, &r8.akmods, &[KERNEL]).await).await;
+    // Run 9: candidate and verification fine, akmods digest not in the registry.
+    let r9 = w.push_run(9).await;
+    let no_akmods = format!("sha256:{}", "9".repeat(64));
+    w.write_record(9, w.provenance(9, &r9.image, &no_akmods, &[KERNEL]).await).await;
+
+    w.create_promotion("absent", "  buildRef: {name: kinoite}\n  policy: Pinned\n  candidate: {run: 7}\n  tags: [a]")
+        .await;
+    w.create_promotion(
+        "no-zfs",
+        "  buildRef: {name: kinoite}\n  policy: Pinned\n  candidate: {run: 8}\n  tags: [b]\n  alignAkmods: false",
+    )
+    .await;
+    w.create_promotion(
+        "no-akmods",
+        "  buildRef: {name: kinoite}\n  policy: Pinned\n  candidate: {run: 9}\n  tags: [c]\n  alignAkmods: false",
+    )
+    .await;
+    let stalled = |s: &PromotionStatus| find(&s.conditions, "Stalled").unwrap().message.clone();
+    let s = w.wait_stalled("absent", "RunRecordNotVerified").await;
+    assert!(
+        stalled(&s).contains(&format!("{}/{CANDIDATE}@{phantom} is not in the candidate repository", w.host())),
+        "{}",
+        stalled(&s)
+    );
+    let s = w.wait_stalled("no-zfs", "RunRecordNotVerified").await;
+    let message = stalled(&s);
+    assert!(message.contains(&format!("does not verify for kernels {KERNEL}")), "{message}");
+    assert!(message.contains("missing a ZFS module payload"), "verify's own reason: {message}");
+    let s = w.wait_stalled("no-akmods", "RunRecordNotVerified").await;
+    assert!(
+        stalled(&s).contains(&format!("akmods image {}/{AKMODS_CANDIDATE}@{no_akmods}", w.host())),
+        "{}",
+        stalled(&s)
+    );
+    for name in ["absent", "no-zfs", "no-akmods"] {
+        let s = w.status(name).await;
+        assert!(s.stable.is_none() && s.in_progress.is_none(), "{name}");
+        assert!(w.events(name).await.contains(&("Warning".into(), "PromotionStalled".into())), "{name}");
+    }
+    // Nothing moved: no stable tag, no audit tag, no akmods tag.
+    assert!(w.tags(STABLE).await.is_empty());
+    assert!(w.tags(AKMODS).await.is_empty());
+    // The registry was read (the candidate's layers for the verification), never written.
+    assert!(w.seen().iter().any(|(m, p)| m == "GET" && p.contains("/blobs/")));
+    assert!(w.seen().iter().all(|(m, _)| m == "GET" || m == "HEAD"), "{:?}", w.seen());
     ctl.stop().await;
 }
 

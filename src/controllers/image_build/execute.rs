@@ -25,8 +25,7 @@ pub async fn resolve<R: RegistryClient + ?Sized>(
     }
 }
 
-/// [`super::work::RegistryWork::CheckCache`] and [`super::work::RegistryWork::ConfirmAkmods`]:
-/// `Cache(verdict)`, or `Failed` when no verdict can be given (never "missing" for an
+/// [`super::work::RegistryWork::CheckCache`]: `Cache(verdict)`, or `Failed` when no verdict can be given (never "missing" for an
 /// unauthorized or unreachable registry).
 pub async fn check_cache<R: RegistryClient + ?Sized>(
     registry: &R,
@@ -38,6 +37,23 @@ pub async fn check_cache<R: RegistryClient + ?Sized>(
         Err(err) => return failed(FailureClass::Permanent, err.to_string()),
     };
     match cache::check_cache(registry, &query, memory).await {
+        Ok(check) => WorkOutcome::Cache(check.verdict),
+        Err(err) => failed(FailureClass::of(err.class()), err.to_string()),
+    }
+}
+
+/// [`super::work::RegistryWork::ConfirmAkmods`]: the cache decision on the reported digest with
+/// coverage from the image's layers only, never from the labels the Job wrote (H11).
+pub async fn confirm_akmods<R: RegistryClient + ?Sized>(
+    registry: &R,
+    request: &CacheRequest,
+    memory: &ScanMemory,
+) -> WorkOutcome {
+    let query = match request.query() {
+        Ok(query) => query,
+        Err(err) => return failed(FailureClass::Permanent, err.to_string()),
+    };
+    match cache::confirm_by_content(registry, &query, memory).await {
         Ok(check) => WorkOutcome::Cache(check.verdict),
         Err(err) => failed(FailureClass::of(err.class()), err.to_string()),
     }

@@ -40,10 +40,9 @@ impl Executor {
     pub async fn execute<R: RegistryClient + ?Sized>(&self, registry: &R, work: &RegistryWork) -> WorkOutcome {
         match work {
             RegistryWork::Resolve(request) => execute::resolve(&self.resolver, registry, request).await,
-            // The same decision for a tag (the cache) and a digest (what an akmods Job reported).
-            RegistryWork::CheckCache(request) | RegistryWork::ConfirmAkmods(request) => {
-                execute::check_cache(registry, request, self.memory()).await
-            }
+            RegistryWork::CheckCache(request) => execute::check_cache(registry, request, self.memory()).await,
+            // What an akmods Job reported is confirmed by content, not by the labels it wrote.
+            RegistryWork::ConfirmAkmods(request) => execute::confirm_akmods(registry, request, self.memory()).await,
             RegistryWork::ConfirmImage { image } => confirm_image(registry, image).await,
             RegistryWork::Verify(request) => execute::verify(registry, request, self.memory()).await,
         }

@@ -26,8 +26,9 @@ pub enum RegistryWork {
     /// Decide whether the akmods cache image (by tag) covers the kernels (R4). Answer:
     /// [`WorkOutcome::Cache`] with `source_image` by digest.
     CheckCache(CacheRequest),
-    /// Confirm the akmods image an akmods Job reported (by digest): the same cache decision on
-    /// that digest must say `Reusable`. Answer: [`WorkOutcome::Cache`].
+    /// Confirm the akmods image an akmods Job reported (by digest): the cache decision on that
+    /// digest, with coverage from its layers only (never the labels the Job wrote, H11), must
+    /// say `Reusable`. Answer: [`WorkOutcome::Cache`] with method `LayerScan`.
     ConfirmAkmods(CacheRequest),
     /// Confirm that the image an image Job reported exists (`image` is `NAME@sha256:...`).
     /// Answer: [`WorkOutcome::Confirmed`].

@@ -7,7 +7,9 @@
 //! - `status.lastSucceededRun`, `status.history` and a finished `status.currentRun`;
 //! - otherwise the run-record ConfigMaps `<build>-run-<n>` (their `build-provenance.json` is
 //!   written only when a run pushed and verified its candidate; the build controller keeps the
-//!   records of runs a Promotion points at past `historyLimit`).
+//!   records of runs a Promotion points at past `historyLimit`). Anyone who may write
+//!   ConfigMaps can write one, so a recorded run is [`Selection::Recorded`]: it is promoted
+//!   only after the registry confirmed it ([`super::trust`]).
 
 use crate::api::build::{BuildMode, RunPhase, RunSummary, ZfsImageBuild};
 use crate::api::promotion::{PromotionPolicy, PromotionSpec};
@@ -36,6 +38,9 @@ pub enum Selection {
     /// Nothing to promote yet: `Auto` before the first verified run, or a pinned run still in
     /// progress. Not an error: the build's next status change brings it.
     Waiting(String),
+    /// A run known only from its run record: promotable only once the registry confirmed the
+    /// record ([`super::trust`]); the record is what to re-check.
+    Recorded(Candidate, Box<RecordedRun>),
     /// Never promotable as asked (a `Stalled` reason and message).
     Refused { reason: &'static str, message: String },
     /// The pinned run is not in the build's status: read the run records and select again.
@@ -114,14 +119,17 @@ pub fn select(spec: &PromotionSpec, build: &ZfsImageBuild, records: Option<&[Rec
                         run.number, run.mode
                     ),
                 },
-                Some(run) => Selection::Found(Candidate {
-                    run: run.number,
-                    source_revision: run.source_revision.clone(),
-                    image: run.candidate_image.clone(),
-                    digest: run.candidate_digest.clone(),
-                    akmods_image: Some(run.akmods_image.clone()),
-                    fedora_version: Some(run.fedora_version.clone()),
-                }),
+                Some(run) => Selection::Recorded(
+                    Candidate {
+                        run: run.number,
+                        source_revision: run.source_revision.clone(),
+                        image: run.candidate_image.clone(),
+                        digest: run.candidate_digest.clone(),
+                        akmods_image: Some(run.akmods_image.clone()),
+                        fedora_version: Some(run.fedora_version.clone()),
+                    },
+                    Box::new((*run).clone()),
+                ),
                 None => Selection::Refused {
                     reason: reasons::RUN_NOT_FOUND,
                     message: format!(
@@ -333,12 +341,14 @@ mod tests {
             candidate_image: format!("ghcr.io/danathar/kinoite-zfs-candidate@{}", digest('0')),
             candidate_digest: digest('0'),
             akmods_image: format!("ghcr.io/danathar/akmods-candidate@{}", digest('e')),
+            kernel_releases: vec!["6.18.13-200.fc43.x86_64".into()],
+            base_image: String::new(),
         };
         let pinned = spec("policy: Pinned\ncandidate: {run: 0}");
         // Run 0 fails the schema (minimum 1) but the selection does not depend on it.
         assert_eq!(select(&pinned, &b, None), Selection::NeedRecords);
         let c = match select(&pinned, &b, Some(std::slice::from_ref(&record))) {
-            Selection::Found(c) => c,
+            Selection::Recorded(c, r) if *r == record => c,
             other => panic!("{other:?}"),
         };
         assert_eq!((c.fedora_version.as_deref(), c.source_revision.as_str()), (Some("42"), "abcdef0123"));

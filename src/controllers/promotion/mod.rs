@@ -15,7 +15,8 @@
 //!    of a promotion in flight; a cache could be behind the last step written), the build and
 //!    the other Promotions' claims from the caches, and the build's run records only when a
 //!    pinned run is not in the build's status;
-//! 2. [`plan::decide`];
+//! 2. [`plan::decide`]; a run known only from its record is first re-checked in the registry
+//!    ([`trust`]) and decided again with the answers;
 //! 3. for a promotion to start or resume: the build's registry client, then the promotion
 //!    steps' observe and plan (every precondition before the first write), then each pending
 //!    step, with the status written before and after it;
@@ -30,3 +31,4 @@ pub mod plan;
 mod plan_tests;
 pub mod reasons;
 mod reconcile;
+pub mod trust;

@@ -10,7 +10,10 @@
 //!    ([`super::candidate`]); otherwise `Stalled` (or waiting for a run still in progress);
 //! 3. when the channel already holds that run with these tags, audit tag and akmods: done;
 //! 4. `suspend` holds back a new promotion;
-//! 5. otherwise a new promotion starts with a request fixed here: the candidate and its akmods
+//! 5. a run known only from its run record is re-checked in the registry first
+//!    ([`super::trust`]: [`Decision::CheckRecord`], then decided again with the
+//!    [`RecordCheck`]); a record the registry does not confirm is refused `RunRecordNotVerified`;
+//! 6. otherwise a new promotion starts with a request fixed here: the candidate and its akmods
 //!    by digest, the stable repository (`registry.image`), the stable akmods tag
 //!    (`<registry.akmods>:main-<fedora>`), the audit tag from `auditTagTemplate`, and the
 //!    compare-and-swap expectation (`spec.expectedStableDigest`, else the digest this
@@ -33,6 +36,7 @@ use crate::registry::ImageRef;
 use super::candidate::{Candidate, Selection, select};
 use super::claims::Conflict;
 use super::reasons::{self, events as event_reasons};
+use super::trust::{self, RecordCheck, RecordQuery};
 
 /// History entries kept in `status.history` (newest first). The audit tags in the registry are
 /// the durable record; this is the recent trail in the cluster.
@@ -54,6 +58,9 @@ pub struct Input<'a> {
     pub records: Option<&'a [RecordedRun]>,
     /// An older Promotion claiming one of the same targets.
     pub conflict: Option<&'a Conflict>,
+    /// The registry's answers about a run known only from its record (`None`: not read yet;
+    /// only [`Decision::CheckRecord`] asks for them).
+    pub record_check: Option<&'a RecordCheck>,
 }
 
 /// What the reconcile does next.
@@ -67,6 +74,8 @@ pub enum Decision {
     Settled(Outcome),
     /// Read the build's run records, then decide again.
     NeedRecords,
+    /// Check this recorded run in the registry ([`trust::check`]), then decide again.
+    CheckRecord(Box<RecordQuery>),
 }
 
 /// A new promotion: the run and the validated request.
@@ -137,8 +146,9 @@ pub fn decide(input: &Input) -> Decision {
             ),
         ));
     }
-    let candidate = match select(spec, build, input.records) {
-        Selection::Found(candidate) => candidate,
+    let (candidate, record) = match select(spec, build, input.records) {
+        Selection::Found(candidate) => (candidate, None),
+        Selection::Recorded(candidate, record) => (candidate, Some(record)),
         Selection::Waiting(message) => return Decision::Settled(Outcome::Waiting(message)),
         Selection::Refused { reason, message } => return Decision::Settled(Outcome::refused(reason, message)),
         Selection::NeedRecords => return Decision::NeedRecords,
@@ -156,6 +166,31 @@ pub fn decide(input: &Input) -> Decision {
             candidate.run,
             short_digest(&candidate.digest)
         )));
+    }
+    if let Some(record) = record {
+        let query = match trust::query(build, &record) {
+            Ok(query) => query,
+            Err(message) => return Decision::Settled(Outcome::refused(reasons::RUN_RECORD_NOT_VERIFIED, message)),
+        };
+        // Only an answer to this very question counts.
+        let Some(check) = input.record_check.filter(|c| c.query == query) else {
+            return Decision::CheckRecord(Box::new(query));
+        };
+        match &check.result {
+            Err(failure) => {
+                return Decision::Settled(Outcome::RegistryFailed {
+                    reason: failure.reason,
+                    message: format!("cannot re-verify run {} from its run record: {}", query.run, failure.message),
+                    transient: failure.transient,
+                    in_progress: None,
+                });
+            }
+            Ok(findings) => {
+                if let Err(message) = trust::judge(&query, findings) {
+                    return Decision::Settled(Outcome::refused(reasons::RUN_RECORD_NOT_VERIFIED, message));
+                }
+            }
+        }
     }
     Decision::Start(Box::new(Start { candidate, request }))
 }

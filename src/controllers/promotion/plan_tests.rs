@@ -59,7 +59,7 @@ spec:
 }
 
 fn decide_for(p: &Promotion, b: Option<&ZfsImageBuild>) -> Decision {
-    decide(&Input { promotion: p, build: b, records: None, conflict: None })
+    decide(&Input { promotion: p, build: b, records: None, conflict: None, record_check: None })
 }
 
 fn start(decision: Decision) -> Box<Start> {
@@ -331,7 +331,13 @@ fn refusals_without_the_registry() {
         name: "older".into(),
         target: Target::Tag { repository: STABLE.into(), tag: "latest".into() },
     };
-    let decision = decide(&Input { promotion: &auto, build: Some(&b), records: None, conflict: Some(&conflict) });
+    let decision = decide(&Input {
+        promotion: &auto,
+        build: Some(&b),
+        records: None,
+        conflict: Some(&conflict),
+        record_check: None,
+    });
     let Outcome::Refused { reason, message, .. } = settled(decision) else { panic!() };
     assert_eq!(reason, reasons::CONFLICTING_PROMOTION);
     assert!(message.contains("builds/older") && message.contains(&format!("{STABLE}:latest")), "{message}");
@@ -470,4 +476,144 @@ fn history_is_bounded() {
     }
     assert_eq!(status.history.len(), HISTORY_LIMIT);
     assert_eq!(status.history[0].run, HISTORY_LIMIT as i64 + 5);
+}
+
+/// A run known only from its run record (a forged one looks exactly like this).
+fn recorded(n: i64, image: &str, akmods: &str) -> crate::pipeline::records::RecordedRun {
+    crate::pipeline::records::RecordedRun {
+        number: n,
+        mode: crate::api::build::BuildMode::Main,
+        source_revision: REV.into(),
+        fedora_version: "43".into(),
+        candidate_image: format!("{CANDIDATE}@{image}"),
+        candidate_digest: image.into(),
+        akmods_image: format!("{AKMODS_CANDIDATE}@{akmods}"),
+        kernel_releases: vec!["6.18.13-200.fc43.x86_64".into()],
+        base_image: String::new(),
+    }
+}
+
+fn findings(candidate: bool, verified: Option<bool>, akmods: bool) -> super::trust::RecordFindings {
+    super::trust::RecordFindings {
+        candidate_present: candidate,
+        verification: verified.map(|ok| crate::api::build::VerificationResult {
+            verified: ok,
+            kernel_releases: vec![],
+            bytes_read: 0,
+            message: (!ok).then(|| "Candidate image is missing a ZFS module payload for kernels 6.18.13".into()),
+            platform_digest: None,
+        }),
+        akmods_present: akmods,
+    }
+}
+
+#[test]
+fn a_run_known_only_from_its_record_is_checked_in_the_registry_before_it_starts() {
+    use super::trust::{RecordCheck, RecordFailure};
+    let b = main_build(&[run(2, &digest('2'), &digest('a'))]);
+    let p = promotion("  policy: Pinned\n  candidate: {run: 1}", None);
+    let records = [recorded(1, &digest('1'), &digest('b'))];
+    let with = |check: Option<&RecordCheck>| {
+        decide(&Input { promotion: &p, build: Some(&b), records: Some(&records), conflict: None, record_check: check })
+    };
+    // Found in the records: not started, checked first.
+    let query = match with(None) {
+        Decision::CheckRecord(query) => *query,
+        other => panic!("expected a record check, got {other:?}"),
+    };
+    assert_eq!(query.candidate, format!("{CANDIDATE}@{}", digest('1')));
+    assert_eq!(query.akmods, format!("{AKMODS_CANDIDATE}@{}", digest('b')));
+    assert_eq!(query.kernel_releases, ["6.18.13-200.fc43.x86_64"]);
+
+    // Confirmed: started, exactly as a run from the status would be.
+    let confirmed = RecordCheck { query: query.clone(), result: Ok(findings(true, Some(true), true)) };
+    let s = start(with(Some(&confirmed)));
+    assert_eq!((s.candidate.run, s.candidate.digest.as_str()), (1, digest('1').as_str()));
+
+    // Each failed check refuses the run, saying what failed.
+    for (f, what) in [
+        (findings(false, None, true), "is not in the candidate repository"),
+        (findings(true, Some(false), true), "does not verify for kernels 6.18.13-200.fc43.x86_64"),
+        (findings(true, Some(true), false), "akmods image"),
+    ] {
+        let check = RecordCheck { query: query.clone(), result: Ok(f) };
+        match settled(with(Some(&check))) {
+            Outcome::Refused { reason, message, .. } => {
+                assert_eq!(reason, reasons::RUN_RECORD_NOT_VERIFIED);
+                assert!(message.contains(what) && message.contains("nothing is promoted"), "{message}");
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    // A check of another question never counts: asked again.
+    let other_query =
+        super::trust::RecordQuery { akmods: format!("{AKMODS_CANDIDATE}@{}", digest('c')), ..query.clone() };
+    let stale = RecordCheck { query: other_query, result: Ok(findings(true, Some(true), true)) };
+    assert!(matches!(with(Some(&stale)), Decision::CheckRecord(_)));
+
+    // The registry could not answer: no verdict, retried (transient) or Stalled (credentials).
+    let unavailable = RecordCheck {
+        query: query.clone(),
+        result: Err(RecordFailure {
+            reason: reasons::REGISTRY_UNAVAILABLE,
+            transient: true,
+            message: "registry unreachable".into(),
+            retry_after: None,
+        }),
+    };
+    match settled(with(Some(&unavailable))) {
+        Outcome::RegistryFailed { reason, transient: true, in_progress: None, .. } => {
+            assert_eq!(reason, reasons::REGISTRY_UNAVAILABLE)
+        }
+        other => panic!("expected a transient registry failure, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_record_pointing_outside_the_builds_repositories_is_refused_without_the_registry() {
+    let b = main_build(&[run(2, &digest('2'), &digest('a'))]);
+    let p = promotion("  policy: Pinned\n  candidate: {run: 1}", None);
+    let mut forged = recorded(1, &digest('1'), &digest('b'));
+    forged.candidate_image = format!("ghcr.io/mallory/kinoite-zfs@{}", digest('1'));
+    let records = [forged];
+    let decision =
+        decide(&Input { promotion: &p, build: Some(&b), records: Some(&records), conflict: None, record_check: None });
+    assert_eq!(refusal(decision), reasons::RUN_RECORD_NOT_VERIFIED);
+}
+
+#[test]
+fn a_recorded_run_already_on_the_channel_is_not_checked_again() {
+    // Promoted once (after its check): a later reconcile finds it in place, with no registry read.
+    let b = main_build(&[run(2, &digest('2'), &digest('a'))]);
+    let records = [recorded(1, &digest('1'), &digest('b'))];
+    let p = promotion("  policy: Pinned\n  candidate: {run: 1}", None);
+    let query = match decide(&Input {
+        promotion: &p,
+        build: Some(&b),
+        records: Some(&records),
+        conflict: None,
+        record_check: None,
+    }) {
+        Decision::CheckRecord(query) => *query,
+        other => panic!("{other:?}"),
+    };
+    let _ = query;
+    let stable = crate::api::promotion::StableState {
+        run: 1,
+        source_revision: Some(REV.into()),
+        image: format!("{STABLE}@{}", digest('1')),
+        image_digest: digest('1'),
+        short_digest: "111111111111".into(),
+        tags: vec!["latest".into()],
+        audit_tag: "stable-1-02701fe".into(),
+        akmods_image: Some(format!("{AKMODS}@{}", digest('b'))),
+        akmods_digest: Some(digest('b')),
+        promoted_at: at(1),
+    };
+    let status = PromotionStatus { stable: Some(stable), ..Default::default() };
+    let p = promotion("  policy: Pinned\n  candidate: {run: 1}", Some(status));
+    let decision =
+        decide(&Input { promotion: &p, build: Some(&b), records: Some(&records), conflict: None, record_check: None });
+    assert_eq!(settled(decision), Outcome::UpToDate);
 }

@@ -28,6 +28,10 @@ pub const BUILD_NOT_PROMOTABLE: &str = "BuildNotPromotable";
 pub const RUN_NOT_FOUND: &str = "RunNotFound";
 /// The run failed, was superseded, or did not verify.
 pub const RUN_NOT_VERIFIED: &str = "RunNotVerified";
+/// The pinned run is known only from a run-record ConfigMap, and the registry does not confirm
+/// the record (candidate absent from the candidate repository, verification failed for the
+/// record's kernels, akmods absent) or the record points outside the build's repositories.
+pub const RUN_RECORD_NOT_VERIFIED: &str = "RunRecordNotVerified";
 /// An older Promotion already moves one of the same stable tags.
 pub const CONFLICTING_PROMOTION: &str = "ConflictingPromotion";
 /// The spec cannot make a valid promotion request (e.g. the audit tag template renders an

@@ -20,7 +20,8 @@ use super::controller::{CONTROLLER, Context, Error};
 use super::drive::{Begin, Driven, Journal, drive};
 use super::plan::{Decision, Input, Outcome, decide, events, next_status};
 use super::reasons;
-use crate::api::promotion::PromotionStatus;
+use super::trust;
+use crate::api::promotion::{PromotionProgress, PromotionStatus};
 use crate::api::{Promotion, ZfsImageBuild};
 use crate::controllers::decoded::{Decoded, record_unreadable};
 use crate::controllers::runtime::{CACHE_RETRY, CACHE_WAIT, MAX_EVENT_NOTE, ready, secret_credentials, truncate};
@@ -134,7 +135,8 @@ async fn reconcile_promotion(namespace: &str, name: &str, ctx: &Context) -> Resu
         })
         .collect();
     let conflict = conflict(&Claim::of(&promotion, build), &claims);
-    let mut input = Input { promotion: &promotion, build, records: None, conflict: conflict.as_ref() };
+    let mut input =
+        Input { promotion: &promotion, build, records: None, conflict: conflict.as_ref(), record_check: None };
     let mut decision = decide(&input);
     let records;
     if matches!(decision, Decision::NeedRecords)
@@ -146,16 +148,38 @@ async fn reconcile_promotion(namespace: &str, name: &str, ctx: &Context) -> Resu
     }
 
     let mut journal = StatusJournal::new(&api, &promotion, ctx);
+    // A run known only from its record: the registry re-checks it before anything moves.
+    let mut checked_with = None;
+    let check;
+    if let Decision::CheckRecord(query) = &decision {
+        let registry = match registry_for(build, namespace, ctx).await? {
+            Ok(registry) => registry,
+            Err(message) => return unusable_credentials(&mut journal, message, None, ctx).await,
+        };
+        info!(run = query.run, candidate = %query.candidate, "re-verifying a run known only from its run record");
+        check = trust::check(registry.as_ref(), query, ctx.pool.scan_memory()).await;
+        input.record_check = Some(&check);
+        decision = decide(&input);
+        checked_with = Some(registry);
+    }
+    let retry_after = input.record_check.and_then(|c| c.result.as_ref().err()).and_then(|f| f.retry_after);
     let begin = match decision {
         Decision::Settled(outcome) => {
             journal.record(&outcome).await?;
             return Ok(match outcome {
-                Outcome::Refused { .. } => Reconciled::SettledAfter(ctx.timing.recheck),
+                Outcome::RegistryFailed { transient: true, .. } => {
+                    let delay = ctx.timing.backoff(ctx.failed(&uid)).max(retry_after.unwrap_or_default());
+                    Reconciled::Retry(delay)
+                }
+                Outcome::Refused { .. } | Outcome::RegistryFailed { .. } => {
+                    Reconciled::SettledAfter(ctx.timing.recheck)
+                }
                 _ => Reconciled::Settled,
             });
         }
-        // Only without a build; decide asks for records only when it has one.
-        Decision::NeedRecords => {
+        // Only without a build (decide asks for records only when it has one), or a record
+        // check that did not answer the question asked (decide is pure: never).
+        Decision::NeedRecords | Decision::CheckRecord(_) => {
             journal.record(&Outcome::refused(reasons::BUILD_NOT_FOUND, "the build disappeared")).await?;
             return Ok(Reconciled::SettledAfter(ctx.timing.recheck));
         }
@@ -175,18 +199,12 @@ async fn reconcile_promotion(namespace: &str, name: &str, ctx: &Context) -> Resu
 
     // Registry: the build's credentials (a promotion in flight whose build was deleted goes on
     // with the operator's own credentials).
-    let registry = match registry_for(build, namespace, ctx).await? {
-        Ok(registry) => registry,
-        Err(message) => {
-            let outcome = Outcome::RegistryFailed {
-                reason: reasons::REGISTRY_UNAUTHORIZED,
-                message,
-                transient: false,
-                in_progress,
-            };
-            journal.record(&outcome).await?;
-            return Ok(Reconciled::SettledAfter(ctx.timing.recheck));
-        }
+    let registry = match checked_with {
+        Some(registry) => registry,
+        None => match registry_for(build, namespace, ctx).await? {
+            Ok(registry) => registry,
+            Err(message) => return unusable_credentials(&mut journal, message, in_progress, ctx).await,
+        },
     };
     let Driven { outcome, retry_after } = drive(registry.as_ref(), &mut journal, begin).await?;
     journal.record(&outcome).await?;
@@ -204,6 +222,20 @@ async fn reconcile_promotion(namespace: &str, name: &str, ctx: &Context) -> Resu
         Outcome::RegistryFailed { .. } | Outcome::Refused { .. } => Reconciled::SettledAfter(ctx.timing.recheck),
         _ => Reconciled::Settled,
     })
+}
+
+/// Records that the build's credentials cannot be used (the promotion in flight, if any, stays
+/// recorded) and waits for a change.
+async fn unusable_credentials(
+    journal: &mut StatusJournal<'_>,
+    message: String,
+    in_progress: Option<Box<PromotionProgress>>,
+    ctx: &Context,
+) -> Result<Reconciled, Error> {
+    let outcome =
+        Outcome::RegistryFailed { reason: reasons::REGISTRY_UNAUTHORIZED, message, transient: false, in_progress };
+    journal.record(&outcome).await?;
+    Ok(Reconciled::SettledAfter(ctx.timing.recheck))
 }
 
 /// The run records of `build` that hold a provenance document (runs that pushed and verified),

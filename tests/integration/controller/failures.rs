@@ -188,3 +188,27 @@ async fn a_registry_outage_is_waited_out_and_never_fails_the_run() {
     assert!(condition(&build, "Reconciling").is_some_and(|c| c.reason == "BuildingImage"));
     assert_eq!(run_number(&build), Some(1), "the same run, not a new one");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_akmods_image_whose_labels_claim_a_kernel_its_layers_lack_is_not_accepted() {
+    let env = Env::start().await;
+    env.create(&env.build("kinoite", "Main", "")).await;
+    env.wait_for("kinoite", "the akmods Job", |b| phase(b).as_deref() == Some("BuildingAkmods")).await;
+    // The Job pushes an image with kmods for K1 only, but labels (and a report) claiming K1 and
+    // K2: exactly what a label-trusting check would reuse.
+    let lying = akmods_image(&[K1], &env.builder_digest).label(labels::KERNEL_RELEASES, &format!("{K1} {K2}"));
+    let pushed = env.pusher.push_image(CANDIDATE_AKMODS_REPO, Some("1-43"), &lying).await;
+    let result = json!({"version": 1, "step": "akmods", "digest": pushed.digest, "kernel_releases": [K1, K2]});
+    env.complete_job("kinoite-1-akmods", &result.to_string()).await;
+
+    let build = env.wait_for("kinoite", "Stalled", |b| has_condition(b, "Stalled", "True", "AkmodsNotConfirmed")).await;
+    let message = &condition(&build, "Stalled").unwrap().message;
+    assert!(message.contains(&pushed.digest), "names the image: {message}");
+    assert!(message.contains(K2) && message.contains("in its layers"), "names the kernel its layers lack: {message}");
+    assert!(message.contains("its labels claim"), "says the labels are not what counts: {message}");
+    let run = build.status.as_ref().unwrap().current_run.clone().unwrap();
+    assert_eq!(run.phase, RunPhase::Failed);
+    assert!(has_condition(&build, "AkmodsReady", "False", "AkmodsNotConfirmed"));
+    assert!(env.jobs().get_opt("kinoite-1-image").await.unwrap().is_none(), "no image is built on it");
+    env.assert_quiet(Duration::from_secs(1)).await;
+}
