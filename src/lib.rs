@@ -17,6 +17,7 @@ pub mod jobs;
 pub mod operator;
 pub mod pipeline;
 pub mod registry;
+pub mod signing;
 pub mod tls;
 
 #[cfg(test)]
