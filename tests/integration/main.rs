@@ -17,4 +17,5 @@ mod promotion_controller;
 mod registry_fixture;
 mod registry_layer;
 mod resolve;
+mod signing;
 mod verify;

@@ -23,6 +23,7 @@ use super::reasons;
 use crate::api::promotion::PromotionStatus;
 use crate::api::{Promotion, ZfsImageBuild};
 use crate::controllers::runtime::{MAX_EVENT_NOTE, ready, secret_credentials, truncate};
+use crate::controllers::signing::read_key;
 use crate::jobs::{LABEL_BUILD, LABEL_STEP, MANAGER, STEP_RUN_RECORD, build_label_value};
 use crate::pipeline::records::{PROVENANCE_KEY, RecordedRun, parse_provenance};
 use crate::registry::OciRegistry;
@@ -147,6 +148,29 @@ async fn reconcile_promotion(namespace: &str, name: &str, ctx: &Context) -> Resu
         Begin::New(_) => None,
     };
 
+    // The signing key before anything is written (R12.1): missing or unreadable stalls the
+    // promotion with nothing moved; a promotion in flight stays recorded for when it is fixed.
+    let signing = match &promotion.spec.signing {
+        None => None,
+        Some(spec) => {
+            let secret = &spec.key_secret_ref.name;
+            match read_key(&ctx.client, namespace, secret, "spec.signing.keySecretRef").await? {
+                Ok(key) => Some(key),
+                Err(problem) => {
+                    warn!(reason = problem.reason, "signing key unusable");
+                    let outcome = Outcome::RegistryFailed {
+                        reason: problem.reason,
+                        message: problem.message,
+                        transient: false,
+                        in_progress: in_progress.clone(),
+                    };
+                    journal.record(&outcome).await?;
+                    return Ok(Reconciled::SettledAfter(ctx.timing.recheck));
+                }
+            }
+        }
+    };
+
     // Registry: the build's credentials (a promotion in flight whose build was deleted goes on
     // with the operator's own credentials).
     let registry = match registry_for(build.as_deref(), namespace, ctx).await? {
@@ -162,7 +186,7 @@ async fn reconcile_promotion(namespace: &str, name: &str, ctx: &Context) -> Resu
             return Ok(Reconciled::SettledAfter(ctx.timing.recheck));
         }
     };
-    let Driven { outcome, retry_after } = drive(registry.as_ref(), &mut journal, begin).await?;
+    let Driven { outcome, retry_after } = drive(registry.as_ref(), &mut journal, begin, signing).await?;
     journal.record(&outcome).await?;
     Ok(match &outcome {
         Outcome::Promoted(stable) => {
