@@ -5,6 +5,7 @@ pub mod common;
 mod crd;
 pub mod plan;
 pub mod promote;
+pub mod provenance;
 pub mod resolve;
 pub mod run;
 pub mod verify;
@@ -106,6 +107,9 @@ pub enum Command {
     /// Move stable tags to a verified candidate by digest: audit tag, akmods alignment,
     /// compare-and-swap; nothing moves when a precondition fails.
     Promote(promote::PromoteArgs),
+    /// Read back and verify the signed provenance artifact pushed next to a stable digest
+    /// (referrers API or the referrers tag schema); print build-provenance.json.
+    Provenance(provenance::ProvenanceArgs),
 }
 
 /// Logs go to stderr so stdout stays machine-readable; `RUST_LOG` filters (default `info`).
@@ -129,6 +133,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Error> {
         Command::CacheCheck(args) => cache_check::run(&args).await,
         Command::Verify(args) => verify::run(&args).await,
         Command::Promote(args) => Ok(promote::run(&args).await?),
+        Command::Provenance(args) => provenance::run(&args).await,
     }
 }
 

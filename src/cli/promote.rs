@@ -11,6 +11,7 @@ use clap::Args;
 use super::common::{OutputFormat, RegistryArgs};
 use crate::pipeline::promote::{self, PromotionReport, PromotionRequest};
 use crate::registry::{self, OciRegistry};
+use crate::pipeline::provenance::{self, StableSection};
 use crate::signing::PrivateKey;
 
 /// Exit code of a refused promotion.
@@ -26,6 +27,8 @@ pub enum Error {
     /// The signing key cannot be read or decrypted (nothing was written).
     #[error("--sign-key {path}: {detail}")]
     SigningKey { path: String, detail: String },
+    #[error("--provenance {0}")]
+    Provenance(String),
     #[error("cannot render the result: {0}")]
     Render(String),
     #[error("cannot write to stdout: {0}")]
@@ -78,6 +81,12 @@ pub struct PromoteArgs {
     #[arg(long, value_name = "FILE", requires = "sign_key")]
     pub sign_password_file: Option<std::path::PathBuf>,
 
+    /// The run's build-provenance.json: after the promotion its stable section is filled in
+    /// (written back to FILE) and the document is pushed next to the stable digest as an OCI
+    /// artifact, signed with --sign-key when given.
+    #[arg(long, value_name = "FILE")]
+    pub provenance: Option<std::path::PathBuf>,
+
     #[command(flatten)]
     pub registry: RegistryArgs,
 
@@ -97,7 +106,37 @@ pub async fn run(args: &PromoteArgs) -> Result<ExitCode, Error> {
     )?
     .with_signing(signing_key(args)?);
     let registry = OciRegistry::from_args(&args.registry)?;
-    let run = promote::promote(&registry, &request).await;
+    let document = match &args.provenance {
+        None => None,
+        Some(path) => Some(std::fs::read_to_string(path).map_err(|e| Error::Provenance(format!("{}: {e}", path.display())))?),
+    };
+    let mut run = promote::promote(&registry, &request).await;
+    if let (Some(path), Some(document), None) = (&args.provenance, &document, &run.error) {
+        let report = &run.report;
+        let digest = request.candidate.digest().unwrap_or_default();
+        let akmods = report.akmods.as_ref().and_then(|a| {
+            let stable = crate::registry::ImageRef::parse(&a.stable.reference).ok()?;
+            Some((stable.name(), stable.tag()?.to_string(), a.stable.digest.clone()?))
+        });
+        let stable = StableSection::promoted(
+            &request.stable.name(),
+            &request.tags[0],
+            digest,
+            request.audit_tag.as_deref().unwrap_or_default(),
+            akmods.as_ref().map(|(r, t, d)| (r.as_str(), t.as_str(), d.as_str())),
+            report.signature.as_ref().map(|s| s.reference.clone()),
+        );
+        let text = provenance::with_stable(document, &stable).map_err(|e| Error::Provenance(e.to_string()))?;
+        std::fs::write(path, &text).map_err(|e| Error::Provenance(format!("{}: {e}", path.display())))?;
+        match provenance::push(&registry, &request.stable, digest, &text, request.signing.as_ref()).await {
+            Ok(pushed) => run.report.provenance = Some(pushed),
+            Err(e) => {
+                print(&run.report, args.output)?;
+                eprintln!("error: provenance: {}", super::one_line(&e));
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
     print(&run.report, args.output)?;
     match run.error {
         None => Ok(ExitCode::SUCCESS),

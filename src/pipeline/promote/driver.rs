@@ -106,6 +106,9 @@ pub struct PromotionReport {
     /// With signing: the signature of the stable digest.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub signature: Option<SignatureReport>,
+    /// The provenance artifact pushed after the promotion (`promote --provenance`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<crate::pipeline::provenance::Pushed>,
     /// Blobs of the image and akmods copies.
     pub blobs: BlobCounts,
     /// Manifests pushed (by digest and under tags).
@@ -182,6 +185,7 @@ impl PromotionReport {
                 }),
                 _ => None,
             },
+            provenance: None,
             blobs: BlobCounts::default(),
             manifests_pushed: 0,
             steps: Vec::new(),
