@@ -10,8 +10,8 @@ use clap::Args;
 
 use super::common::{OutputFormat, RegistryArgs};
 use crate::pipeline::promote::{self, PromotionReport, PromotionRequest};
-use crate::registry::{self, OciRegistry};
 use crate::pipeline::provenance::{self, StableSection};
+use crate::registry::{self, OciRegistry};
 use crate::signing::PrivateKey;
 
 /// Exit code of a refused promotion.
@@ -108,7 +108,9 @@ pub async fn run(args: &PromoteArgs) -> Result<ExitCode, Error> {
     let registry = OciRegistry::from_args(&args.registry)?;
     let document = match &args.provenance {
         None => None,
-        Some(path) => Some(std::fs::read_to_string(path).map_err(|e| Error::Provenance(format!("{}: {e}", path.display())))?),
+        Some(path) => {
+            Some(std::fs::read_to_string(path).map_err(|e| Error::Provenance(format!("{}: {e}", path.display())))?)
+        }
     };
     let mut run = promote::promote(&registry, &request).await;
     if let (Some(path), Some(document), None) = (&args.provenance, &document, &run.error) {

@@ -222,7 +222,11 @@ async fn referrers<R: RegistryClient + ?Sized>(
     subject: &str,
 ) -> Result<(bool, Vec<Value>), Error> {
     let name = repository.name();
-    let (api, index) = match registry.referrers(repository, subject).await.map_err(reg(format!("list referrers of {name}@{subject}")))? {
+    let (api, index) = match registry
+        .referrers(repository, subject)
+        .await
+        .map_err(reg(format!("list referrers of {name}@{subject}")))?
+    {
         Some(bytes) => (true, Some(bytes)),
         None => {
             let tag = repository.with_tag(&fallback_tag(subject)).map_err(|e| Error::Document(e.to_string()))?;
@@ -325,8 +329,14 @@ mod tests {
 
     #[test]
     fn the_stable_section_replaces_skipped_and_nothing_else_changes() {
-        let stable =
-            StableSection::promoted(REPO, "latest", "sha256:aa", "stable-7-abc", Some(("reg.test/o/ak", "main-43", "sha256:bb")), None);
+        let stable = StableSection::promoted(
+            REPO,
+            "latest",
+            "sha256:aa",
+            "stable-7-abc",
+            Some(("reg.test/o/ak", "main-43", "sha256:bb")),
+            None,
+        );
         let text = with_stable(DOC, &stable).unwrap();
         let before = &DOC[..DOC.find("\"stable\"").unwrap()];
         assert!(text.starts_with(before), "{text}");

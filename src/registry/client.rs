@@ -618,7 +618,13 @@ impl OciRegistry {
         Ok(BlobTransfer::Copied { bytes: copied.load(Ordering::Relaxed) })
     }
 
-    async fn push_blob_once(&self, what: &str, repository: &ImageRef, digest: &str, bytes: &Bytes) -> Result<(), Error> {
+    async fn push_blob_once(
+        &self,
+        what: &str,
+        repository: &ImageRef,
+        digest: &str,
+        bytes: &Bytes,
+    ) -> Result<(), Error> {
         // `from == to`: a plain upload session, no mount.
         let Some(mut upload) = self.start_upload(what, repository, repository, digest).await? else {
             return Ok(());

@@ -216,8 +216,7 @@ fn pem_body(text: &str) -> Result<(String, Vec<u8>), Error> {
 #[cfg(test)]
 fn pem_encode(label: &str, body: &[u8]) -> String {
     let encoded = base64::engine::general_purpose::STANDARD.encode(body);
-    let lines: Vec<&str> =
-        encoded.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap_or_default()).collect();
+    let lines: Vec<&str> = encoded.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap_or_default()).collect();
     format!("-----BEGIN {label}-----\n{}\n-----END {label}-----\n", lines.join("\n"))
 }
 

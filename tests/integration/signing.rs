@@ -17,9 +17,9 @@ use crate::support::registry::Registry;
 
 /// tools/imagehost built by `ci/imagehost` (ci/test runs it). Missing fails loudly.
 pub(crate) fn imagehost() -> PathBuf {
-    let path = std::env::var_os("KZO_IMAGEHOST").map(PathBuf::from).unwrap_or_else(|| {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tools/bin/imagehost")
-    });
+    let path = std::env::var_os("KZO_IMAGEHOST")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tools/bin/imagehost"));
     assert!(
         path.is_file(),
         "{} is missing: this test verifies signatures with containers/image; build it with `ci/imagehost` (ci/test does this)",
@@ -245,7 +245,8 @@ async fn stopped_after_signing_and_resumed_signs_once_and_moves_the_tags() {
         assert!(step.kind != StepKind::Sign || !outcome.wrote);
     }
     assert_eq!(skopeo_digest(&format!("{stable}:latest")), Some(c.image.digest.clone()));
-    let attachment = signing::read(&registry_client, &ImageRef::parse(&stable).unwrap(), &c.image.digest).await.unwrap();
+    let attachment =
+        signing::read(&registry_client, &ImageRef::parse(&stable).unwrap(), &c.image.digest).await.unwrap();
     assert_eq!(attachment.layers.len(), 1, "one signature");
     let (policy, registries) = host_policy(dir.path(), &stable, &keys.public);
     host_pull(&policy, &registries, &format!("{stable}:latest")).unwrap();

@@ -85,7 +85,10 @@ where
                     };
                     return Ok(Driven::end(outcome));
                 }
-                (request.with_signing(signing.filter(|_| progress.signing_key.is_some())), Some(progress.as_ref().clone()))
+                (
+                    request.with_signing(signing.filter(|_| progress.signing_key.is_some())),
+                    Some(progress.as_ref().clone()),
+                )
             }
             Err(e) => {
                 return Ok(Driven::end(Outcome::refused(

@@ -389,7 +389,9 @@ pub fn next_status(prev: &PromotionStatus, generation: Option<i64>, outcome: &Ou
                 stable.image
             ),
         ),
-        None => set(conditions, SIGNED, FALSE, reasons::NOT_PROMOTED, "no promotion of this Promotion has completed yet"),
+        None => {
+            set(conditions, SIGNED, FALSE, reasons::NOT_PROMOTED, "no promotion of this Promotion has completed yet")
+        }
     }
     status
 }

@@ -499,8 +499,13 @@ async fn a_signing_promotion_signs_before_any_tag_and_resumes_with_the_same_key_
     // A probe world, promoted in one go, shows where the signature falls among the writes.
     let probe = world();
     let mut probe_journal = Recorder::new(&probe.registry, PromotionStatus::default());
-    reconcile_signed(&probe.registry, &mut probe_journal, Begin::New(start(decide_for(&p, Some(&b)))), Some(key.clone()))
-        .await;
+    reconcile_signed(
+        &probe.registry,
+        &mut probe_journal,
+        Begin::New(start(decide_for(&p, Some(&b)))),
+        Some(key.clone()),
+    )
+    .await;
     let writes = probe.registry.writes();
     let sig_put = writes.iter().position(|w| w.contains(".sig")).expect("the .sig manifest was pushed");
     let first_tag = writes
@@ -534,7 +539,15 @@ async fn a_signing_promotion_signs_before_any_tag_and_resumes_with_the_same_key_
     for other in [None, Some(PrivateKey::for_tests(6))] {
         let driven = reconcile_signed(&w.registry, &mut journal, Begin::Resume(progress.clone()), other).await;
         assert!(
-            matches!(&driven.outcome, Outcome::RegistryFailed { reason: reasons::SIGNING_KEY_CHANGED, transient: false, in_progress: Some(_), .. }),
+            matches!(
+                &driven.outcome,
+                Outcome::RegistryFailed {
+                    reason: reasons::SIGNING_KEY_CHANGED,
+                    transient: false,
+                    in_progress: Some(_),
+                    ..
+                }
+            ),
             "{:?}",
             driven.outcome
         );
