@@ -19,6 +19,7 @@ pub mod jobs;
 pub mod operator;
 pub mod pipeline;
 pub mod registry;
+pub mod signing;
 pub mod tls;
 
 #[cfg(test)]

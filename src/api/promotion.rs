@@ -93,7 +93,28 @@ pub struct PromotionSpec {
     /// Stop starting promotions (a promotion in flight still completes).
     #[serde(default)]
     pub suspend: bool,
+
+    /// Sign the stable digest before any stable tag moves (sigstore `.sig` attachment in the
+    /// stable repository, what hosts with a `sigstoreSigned` policy verify).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing: Option<SigningSpec>,
 }
+
+/// Image signing with a cosign key pair.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SigningSpec {
+    /// A Secret in the same namespace with `cosign.key` (cosign's encrypted private key,
+    /// `ENCRYPTED SIGSTORE PRIVATE KEY` or `ENCRYPTED COSIGN PRIVATE KEY`) and optionally
+    /// `cosign.password` (absent or empty: empty password). The key is read and decrypted before
+    /// anything is written; a missing or unreadable key stalls the promotion with nothing moved.
+    pub key_secret_ref: LocalObjectRef,
+}
+
+/// Secret key holding the cosign private key.
+pub const SIGNING_KEY_SECRET_KEY: &str = "cosign.key";
+/// Secret key holding the private key's password (optional).
+pub const SIGNING_PASSWORD_SECRET_KEY: &str = "cosign.password";
 
 /// Promotion policy. Values: `Auto`, `Pinned` (see `spec.policy`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
@@ -129,7 +150,7 @@ pub struct PromotionStatus {
     /// The `metadata.generation` this status was computed for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// kstatus conditions `Ready`, `Reconciling`, `Stalled`, and `Promoted`.
+    /// kstatus conditions `Ready`, `Reconciling`, `Stalled`, and `Promoted`, `Signed`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,
@@ -171,6 +192,15 @@ pub struct StableState {
     /// Stable akmods digest, when aligned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub akmods_digest: Option<String>,
+    /// The verified signature of the stable digest, `repository:sha256-<hex>.sig`, when signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+    /// Fingerprint (`sha256:` + 16 hex) of the public key the signature verifies with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature_key: Option<String>,
+    /// The signed provenance artifact pushed next to the stable digest, `repository@sha256:...`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<String>,
     /// When the promotion completed.
     pub promoted_at: Time,
 }
@@ -204,7 +234,11 @@ pub struct PromotionProgress {
     pub expected_stable_digest: String,
     /// When the promotion started.
     pub started_at: Time,
-    /// Steps in execution order: `copy-image`, `copy-akmods`, `audit-tag`, `tag:<tag>` (one per
+    /// Fingerprint of the signing key's public key when the promotion signs; a resumed
+    /// promotion signs with that key or not at all (never skips the signature).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_key: Option<String>,
+    /// Steps in execution order: `copy-image`, `copy-akmods`, `sign` (with signing), `audit-tag`, `tag:<tag>` (one per
     /// stable tag), `akmods-tag`, `confirm` (copy-akmods and akmods-tag only when aligning).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub steps: Vec<PromotionStep>,
@@ -214,7 +248,7 @@ pub struct PromotionProgress {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PromotionStep {
-    /// Step name: `copy-image`, `copy-akmods`, `audit-tag`, `tag:<tag>`, `akmods-tag` or
+    /// Step name: `copy-image`, `copy-akmods`, `sign`, `audit-tag`, `tag:<tag>`, `akmods-tag` or
     /// `confirm`.
     pub name: String,
     /// `Pending`, `Running` (written before the step's registry write) or `Done` (after it).
@@ -248,6 +282,9 @@ pub struct PromotionRecord {
     /// Akmods digest aligned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub akmods_digest: Option<String>,
+    /// The verified signature, `repository:sha256-<hex>.sig`, when signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
     /// When it happened.
     pub at: Time,
     /// Why it was refused, or a summary.
@@ -265,6 +302,8 @@ pub enum PromotionResult {
 /// Condition types of a `Promotion`, in addition to the kstatus ones.
 pub mod promotion_condition_types {
     pub const PROMOTED: &str = "Promoted";
+    /// The stable digest carries a verified signature in the stable repository.
+    pub const SIGNED: &str = "Signed";
 }
 
 fn default_tags() -> Vec<String> {

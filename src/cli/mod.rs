@@ -6,6 +6,7 @@ pub mod common;
 mod crd;
 pub mod plan;
 pub mod promote;
+pub mod provenance;
 pub mod resolve;
 pub mod run;
 pub mod verify;
@@ -116,6 +117,9 @@ pub enum Command {
     /// inputs from the Job's env, writes the result to the termination-message file).
     #[command(subcommand)]
     Builder(builder::BuilderCommand),
+    /// Read back and verify the signed provenance artifact pushed next to a stable digest
+    /// (referrers API or the referrers tag schema); print build-provenance.json.
+    Provenance(provenance::ProvenanceArgs),
 }
 
 /// Logs go to stderr so stdout stays machine-readable; `RUST_LOG` filters (default `info`).
@@ -140,6 +144,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Error> {
         Command::Verify(args) => verify::run(&args).await,
         Command::Promote(args) => Ok(promote::run(&args).await?),
         Command::Builder(command) => Ok(builder::run(&command)?),
+        Command::Provenance(args) => provenance::run(&args).await,
     }
 }
 

@@ -6,6 +6,7 @@ pub mod image_build;
 pub mod metrics;
 pub mod promotion;
 pub mod runtime;
+pub mod signing;
 
 use std::sync::Arc;
 

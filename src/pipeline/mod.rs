@@ -8,6 +8,7 @@ pub mod kernels;
 pub mod layers;
 pub mod lock;
 pub mod promote;
+pub mod provenance;
 pub mod records;
 pub mod resolve;
 pub mod scan_memory;

@@ -627,6 +627,32 @@ impl OciRegistry {
         Ok(BlobTransfer::Copied { bytes: copied.load(Ordering::Relaxed) })
     }
 
+    async fn push_blob_once(
+        &self,
+        what: &str,
+        repository: &ImageRef,
+        digest: &str,
+        bytes: &Bytes,
+    ) -> Result<(), Error> {
+        // `from == to`: a plain upload session, no mount.
+        let Some(mut upload) = self.start_upload(what, repository, repository, digest).await? else {
+            return Ok(());
+        };
+        upload.query_pairs_mut().append_pair("digest", digest);
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+        let req = Req {
+            method: Method::PUT,
+            url: upload,
+            host: repository.api_host(),
+            scopes: self.push(repository),
+            headers,
+            body: Body::Bytes(bytes.clone()),
+        };
+        self.send(what, &req).await?;
+        Ok(())
+    }
+
     async fn put_manifest_once(
         &self,
         what: &str,
@@ -714,6 +740,42 @@ impl RegistryClient for OciRegistry {
             return Err(Error::Invalid { what, detail: format!("manifest bytes have digest {}", sha256(&bytes)) });
         }
         self.retrying(&what, || self.put_manifest_once(&what, target, media_type, &bytes)).await
+    }
+
+    async fn push_blob(&self, repository: &ImageRef, bytes: Bytes) -> Result<String, Error> {
+        let digest = sha256(&bytes);
+        if self.blob_exists(repository, &digest).await? {
+            return Ok(digest);
+        }
+        let what = format!("push blob {digest} to {}", repository.name());
+        self.retrying(&what, || self.push_blob_once(&what, repository, &digest, &bytes)).await?;
+        Ok(digest)
+    }
+
+    async fn referrers(&self, repository: &ImageRef, digest: &str) -> Result<Option<Bytes>, Error> {
+        validate_digest(digest)?;
+        let what = format!("list referrers of {}@{digest}", repository.name());
+        let result = self
+            .retrying(&what, || async {
+                let mut headers = HeaderMap::new();
+                headers.insert(header::ACCEPT, HeaderValue::from_static(media_types::OCI_INDEX));
+                let req = Req {
+                    method: Method::GET,
+                    url: self.url(repository.api_host(), &format!("{}/referrers/{digest}", repository.repository()))?,
+                    host: repository.api_host(),
+                    scopes: self.pull(repository),
+                    headers,
+                    body: Body::Empty,
+                };
+                let response = self.send(&what, &req).await?;
+                self.read_body(&what, repository.api_host(), response, MAX_MANIFEST_BYTES).await
+            })
+            .await;
+        match result {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.is_absent() => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 }
 

@@ -245,4 +245,22 @@ impl RegistryClient for FakeRegistry {
         }
         Ok(digest)
     }
+
+    async fn push_blob(&self, repository: &ImageRef, bytes: Bytes) -> Result<String, Error> {
+        let digest = sha256(&bytes);
+        let mut state = self.lock();
+        if state.repos.get(&repository.name()).is_some_and(|r| r.blobs.contains(&digest)) {
+            return Ok(digest);
+        }
+        let what = format!("push blob {digest} to {}", repository.name());
+        Self::write(&mut state, &what, format!("blob {digest} -> {}", repository.name()))?;
+        state.content.insert(digest.clone(), bytes);
+        state.repos.entry(repository.name()).or_default().blobs.insert(digest.clone());
+        Ok(digest)
+    }
+
+    /// Like Debian's docker-registry: no referrers API.
+    async fn referrers(&self, _repository: &ImageRef, _digest: &str) -> Result<Option<Bytes>, Error> {
+        Ok(None)
+    }
 }

@@ -102,6 +102,20 @@ pub trait RegistryClient: Send + Sync {
         media_type: &str,
         bytes: Bytes,
     ) -> impl Future<Output = Result<String, Error>> + Send;
+
+    /// Uploads `bytes` as a blob into `repository` in one request (nothing when it is already
+    /// there). Small blobs only: signature payloads, configs, provenance documents. Returns the
+    /// digest.
+    fn push_blob(&self, repository: &ImageRef, bytes: Bytes) -> impl Future<Output = Result<String, Error>> + Send;
+
+    /// The OCI 1.1 referrers of `digest` in `repository` as the registry's image index bytes;
+    /// `Ok(None)` when the registry has no referrers API (404), so the caller uses the tag schema
+    /// fallback (`sha256-<hex>`).
+    fn referrers(
+        &self,
+        repository: &ImageRef,
+        digest: &str,
+    ) -> impl Future<Output = Result<Option<Bytes>, Error>> + Send;
 }
 
 /// A shared client (as [`ClientPool`] hands them out) is a client.
@@ -145,6 +159,16 @@ impl<T: RegistryClient + ?Sized> RegistryClient for std::sync::Arc<T> {
         bytes: Bytes,
     ) -> impl Future<Output = Result<String, Error>> + Send {
         (**self).put_manifest(target, media_type, bytes)
+    }
+    fn push_blob(&self, repository: &ImageRef, bytes: Bytes) -> impl Future<Output = Result<String, Error>> + Send {
+        (**self).push_blob(repository, bytes)
+    }
+    fn referrers(
+        &self,
+        repository: &ImageRef,
+        digest: &str,
+    ) -> impl Future<Output = Result<Option<Bytes>, Error>> + Send {
+        (**self).referrers(repository, digest)
     }
 }
 

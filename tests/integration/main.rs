@@ -20,4 +20,5 @@ mod registry_fixture;
 mod registry_layer;
 mod resolve;
 mod scan_cache;
+mod signing;
 mod verify;

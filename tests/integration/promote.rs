@@ -15,9 +15,9 @@ use crate::support::image::{Entry, ImageSpec, Layer, Platform, PushedImage, Push
 use crate::support::registry::{Registry, find_tool};
 use crate::support::{init, skopeo};
 
-const AUDIT: &str = "stable-7-02701fe";
+pub(crate) const AUDIT: &str = "stable-7-02701fe";
 
-fn client(host: &str) -> OciRegistry {
+pub(crate) fn client(host: &str) -> OciRegistry {
     OciRegistry::new(ClientSettings {
         insecure_registries: [host.to_string()].into(),
         retry: RetryPolicy {
@@ -31,7 +31,7 @@ fn client(host: &str) -> OciRegistry {
     .unwrap()
 }
 
-fn image(marker: &str, size: usize) -> ImageSpec {
+pub(crate) fn image(marker: &str, size: usize) -> ImageSpec {
     ImageSpec::new(vec![
         Layer::gzip(vec![Entry::file("usr/share/base", noise(size, 3))]),
         Layer::gzip(vec![
@@ -42,7 +42,7 @@ fn image(marker: &str, size: usize) -> ImageSpec {
     .label("org.opencontainers.image.version", "43.20260227.1")
 }
 
-fn akmods_image(marker: &str) -> ImageSpec {
+pub(crate) fn akmods_image(marker: &str) -> ImageSpec {
     ImageSpec::new(vec![Layer::gzip(vec![Entry::file(
         &format!("rpms/kmods/zfs/kmod-zfs-6.18.13-200.fc43.x86_64-2.4.1-1.fc43.x86_64.rpm.{marker}"),
         marker.as_bytes().to_vec(),
@@ -51,7 +51,7 @@ fn akmods_image(marker: &str) -> ImageSpec {
 
 /// What `skopeo inspect --raw` serves for `reference` (None when it does not exist), as the
 /// digest of the bytes: the independent check of where a tag points.
-fn skopeo_digest(reference: &str) -> Option<String> {
+pub(crate) fn skopeo_digest(reference: &str) -> Option<String> {
     let output = Command::new(find_tool("skopeo", "skopeo"))
         .args(["inspect", "--raw", "--tls-verify=false", &format!("docker://{reference}")])
         .output()
@@ -69,7 +69,7 @@ fn skopeo_digest(reference: &str) -> Option<String> {
 
 /// Every repository, tag and digest in the registry, read over plain HTTP and skopeo: before and
 /// after a refused promotion it must be the same.
-async fn snapshot(registry: &Registry) -> BTreeMap<String, Option<String>> {
+pub(crate) async fn snapshot(registry: &Registry) -> BTreeMap<String, Option<String>> {
     let http = reqwest::Client::new();
     let catalog: Value =
         http.get(format!("{}/v2/_catalog", registry.base_url())).send().await.unwrap().json().await.unwrap();
@@ -94,7 +94,7 @@ async fn snapshot(registry: &Registry) -> BTreeMap<String, Option<String>> {
 }
 
 /// Runs the `promote` command (off the async runtime: it may talk through the in-test proxy).
-async fn promote_cli(args: Vec<String>) -> (i32, Value, String) {
+pub(crate) async fn promote_cli(args: Vec<String>) -> (i32, Value, String) {
     tokio::task::spawn_blocking(move || {
         let out = Command::new(env!("CARGO_BIN_EXE_kinoite-zfs-operator"))
             .arg("promote")
@@ -115,18 +115,18 @@ async fn promote_cli(args: Vec<String>) -> (i32, Value, String) {
     .unwrap()
 }
 
-fn args(host: &str, list: &[&str]) -> Vec<String> {
+pub(crate) fn args(host: &str, list: &[&str]) -> Vec<String> {
     let mut all: Vec<String> = list.iter().map(|s| s.to_string()).collect();
     all.extend(["--insecure-registry".to_string(), host.to_string()]);
     all
 }
 
-struct Candidate {
-    image: PushedImage,
-    akmods: PushedImage,
+pub(crate) struct Candidate {
+    pub image: PushedImage,
+    pub akmods: PushedImage,
 }
 
-async fn push_candidate(registry: &Registry) -> Candidate {
+pub(crate) async fn push_candidate(registry: &Registry) -> Candidate {
     let pusher = Pusher::new(registry);
     Candidate {
         image: pusher.push_image("o/kinoite-zfs-candidate", Some("7-43"), &image("run 7", 64 * 1024)).await,
@@ -134,7 +134,7 @@ async fn push_candidate(registry: &Registry) -> Candidate {
     }
 }
 
-fn full_args(host: &str, c: &Candidate, expect: &str) -> Vec<String> {
+pub(crate) fn full_args(host: &str, c: &Candidate, expect: &str) -> Vec<String> {
     args(
         host,
         &[

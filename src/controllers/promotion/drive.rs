@@ -13,6 +13,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use crate::api::promotion::{PromotionProgress, StepState};
 use crate::pipeline::promote::{self, PromotionRequest, execute_step, observe};
 use crate::registry::{AnswerClass, RegistryClient};
+use crate::signing::PrivateKey;
 
 use super::plan::{Outcome, Start, refusal_record, stable_after};
 use super::reasons;
@@ -53,15 +54,42 @@ impl Driven {
 /// Observes, plans (every precondition before the first write) and executes the pending steps,
 /// recording `InFlight` before the first step and before and after each one. Journal errors
 /// stop it at once (the status write failed, so nothing more may be written to the registry).
-pub async fn drive<R, J>(registry: &R, journal: &mut J, begin: Begin) -> Result<Driven, J::Error>
+///
+/// `signing` is the decrypted key of `spec.signing` (the reconcile read it before anything
+/// else). A resumed promotion that recorded a signing key needs that same key.
+pub async fn drive<R, J>(
+    registry: &R,
+    journal: &mut J,
+    begin: Begin,
+    signing: Option<PrivateKey>,
+) -> Result<Driven, J::Error>
 where
     R: RegistryClient + ?Sized,
     J: Journal,
 {
     let (request, resumed) = match &begin {
-        Begin::New(start) => (start.request.clone(), None),
+        Begin::New(start) => (start.request.clone().with_signing(signing), None),
         Begin::Resume(progress) => match PromotionRequest::from_progress(progress) {
-            Ok(request) => (request, Some(progress.as_ref().clone())),
+            Ok(request) => {
+                let given = signing.as_ref().map(|k| k.public().fingerprint());
+                if progress.signing_key.is_some() && given != progress.signing_key {
+                    let outcome = Outcome::RegistryFailed {
+                        reason: reasons::SIGNING_KEY_CHANGED,
+                        message: format!(
+                            "the promotion in flight signs with key {} but spec.signing gives {}: it neither skips the signature nor signs with another key; restore the Secret with that key (or delete status.inProgress to plan again)",
+                            progress.signing_key.as_deref().unwrap_or_default(),
+                            given.as_deref().unwrap_or("no key")
+                        ),
+                        transient: false,
+                        in_progress: Some(progress.clone()),
+                    };
+                    return Ok(Driven::end(outcome));
+                }
+                (
+                    request.with_signing(signing.filter(|_| progress.signing_key.is_some())),
+                    Some(progress.as_ref().clone()),
+                )
+            }
             Err(e) => {
                 return Ok(Driven::end(Outcome::refused(
                     reasons::INVALID_PROGRESS,
@@ -126,6 +154,15 @@ fn failed(error: promote::Error, in_progress: Option<PromotionProgress>, run: i6
             record: Some(Box::new(refusal_record(run, digest, reason.as_str(), &message, now))),
             message,
         }),
+        promote::Error::Signing { .. } => {
+            let reason = error.refusal().map(|r| r.as_str()).unwrap_or(reasons::REGISTRY_ERROR);
+            let message = format!("{error}; no stable tag was moved");
+            Driven::end(Outcome::Refused {
+                reason,
+                record: Some(Box::new(refusal_record(run, digest, reason, &message, now))),
+                message,
+            })
+        }
         promote::Error::Request(message) => {
             let reason = if in_progress.is_some() { reasons::INVALID_PROGRESS } else { reasons::INVALID_SPEC };
             Driven::end(Outcome::refused(reason, message))

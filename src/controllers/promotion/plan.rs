@@ -25,7 +25,7 @@ use crate::api::Promotion;
 use crate::api::build::ZfsImageBuild;
 use crate::api::promotion::{
     PromotionProgress, PromotionRecord, PromotionResult, PromotionSpec, PromotionStatus, StableState, StepState,
-    promotion_condition_types::PROMOTED,
+    promotion_condition_types::{PROMOTED, SIGNED},
 };
 use crate::controllers::conditions::{DesiredCondition, FALSE, TRUE, remove_condition, set_condition};
 use crate::pipeline::promote::{ABSENT, PromotionRequest};
@@ -294,6 +294,13 @@ pub fn stable_after(progress: &PromotionProgress, now: Time) -> StableState {
         audit_tag: progress.audit_tag.clone(),
         akmods_image,
         akmods_digest,
+        signature: progress.signing_key.as_ref().and_then(|_| {
+            crate::signing::signature_tag(&progress.candidate_digest)
+                .ok()
+                .map(|tag| format!("{}:{tag}", progress.stable_repository))
+        }),
+        signature_key: progress.signing_key.clone(),
+        provenance: None,
         promoted_at: now,
     }
 }
@@ -307,6 +314,7 @@ pub fn refusal_record(run: i64, digest: &str, reason: &str, message: &str, now: 
         image_digest: digest.to_string(),
         audit_tag: None,
         akmods_digest: None,
+        signature: None,
         at: now,
         message: Some(format!("{reason}: {message}")),
     }
@@ -330,6 +338,7 @@ pub fn next_status(prev: &PromotionStatus, generation: Option<i64>, outcome: &Ou
                     image_digest: stable.image_digest.clone(),
                     audit_tag: Some(stable.audit_tag.clone()),
                     akmods_digest: stable.akmods_digest.clone(),
+                    signature: stable.signature.clone(),
                     at: stable.promoted_at.clone(),
                     message: Some(describe(stable)),
                 },
@@ -397,6 +406,26 @@ pub fn next_status(prev: &PromotionStatus, generation: Option<i64>, outcome: &Ou
         Some(stable) => set(conditions, PROMOTED, TRUE, reasons::PROMOTED, &describe(stable)),
         None => {
             set(conditions, PROMOTED, FALSE, reasons::NOT_PROMOTED, "no promotion of this Promotion has completed yet")
+        }
+    }
+    match &status.stable {
+        Some(StableState { signature: Some(signature), signature_key, .. }) => {
+            let key = signature_key.as_deref().unwrap_or_default();
+            let message = format!("the stable digest is signed: {signature} verifies with key {key}");
+            set(conditions, SIGNED, TRUE, reasons::SIGNED, &message)
+        }
+        Some(stable) => set(
+            conditions,
+            SIGNED,
+            FALSE,
+            reasons::UNSIGNED,
+            &format!(
+                "promoted but unsigned: {} has no signature from this Promotion (set spec.signing.keySecretRef so hosts with a sigstoreSigned policy accept it)",
+                stable.image
+            ),
+        ),
+        None => {
+            set(conditions, SIGNED, FALSE, reasons::NOT_PROMOTED, "no promotion of this Promotion has completed yet")
         }
     }
     status

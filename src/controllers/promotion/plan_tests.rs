@@ -11,7 +11,7 @@ use super::drive::{Begin, Driven, Journal, drive};
 use super::plan::*;
 use super::reasons;
 use crate::api::build::ZfsImageBuild;
-use crate::api::promotion::{Promotion, PromotionResult, PromotionStatus, StepState};
+use crate::api::promotion::{Promotion, PromotionProgress, PromotionResult, PromotionStatus, StepState};
 use crate::controllers::conditions::find;
 use crate::pipeline::promote::StableExpectation;
 use crate::registry::fake::FakeRegistry;
@@ -114,7 +114,16 @@ impl Journal for Recorder<'_> {
 
 /// Runs a promotion as the reconcile does: drive, then record the final outcome.
 async fn reconcile(registry: &FakeRegistry, journal: &mut Recorder<'_>, begin: Begin) -> Driven {
-    let driven = drive(registry, journal, begin).await.unwrap();
+    reconcile_signed(registry, journal, begin, None).await
+}
+
+async fn reconcile_signed(
+    registry: &FakeRegistry,
+    journal: &mut Recorder<'_>,
+    begin: Begin,
+    signing: Option<crate::signing::PrivateKey>,
+) -> Driven {
+    let driven = drive(registry, journal, begin, signing).await.unwrap();
     journal.record(&driven.outcome).await.unwrap();
     driven
 }
@@ -370,6 +379,9 @@ fn the_expectation_is_the_spec_else_what_this_promotion_put_on_the_first_tag() {
             audit_tag: "stable-7-02701fe".into(),
             akmods_image: None,
             akmods_digest: None,
+            signature: None,
+            signature_key: None,
+            provenance: None,
             promoted_at: at(0),
         }),
         ..PromotionStatus::default()
@@ -610,10 +622,116 @@ fn a_recorded_run_already_on_the_channel_is_not_checked_again() {
         akmods_image: Some(format!("{AKMODS}@{}", digest('b'))),
         akmods_digest: Some(digest('b')),
         promoted_at: at(1),
+        signature: None,
+        signature_key: None,
+        provenance: None,
     };
     let status = PromotionStatus { stable: Some(stable), ..Default::default() };
     let p = promotion("  policy: Pinned\n  candidate: {run: 1}", Some(status));
     let decision =
         decide(&Input { promotion: &p, build: Some(&b), records: Some(&records), conflict: None, record_check: None });
     assert_eq!(settled(decision), Outcome::UpToDate);
+}
+
+#[tokio::test]
+async fn a_signing_promotion_signs_before_any_tag_and_resumes_with_the_same_key_only() {
+    use crate::signing::PrivateKey;
+    let key = PrivateKey::for_tests(5);
+    let w = world();
+    let b = main_build(&[run(7, &w.image, &w.akmods)]);
+    let p = promotion("  policy: Auto", None);
+    let stable_repo = crate::registry::ImageRef::parse(STABLE).unwrap();
+
+    // Stopped right after the signature was pushed (the outage starts with the next write).
+    let mut journal = Recorder::new(&w.registry, PromotionStatus::default());
+    let s = start(decide_for(&p, Some(&b)));
+    // A probe world, promoted in one go, shows where the signature falls among the writes.
+    let probe = world();
+    let mut probe_journal = Recorder::new(&probe.registry, PromotionStatus::default());
+    reconcile_signed(
+        &probe.registry,
+        &mut probe_journal,
+        Begin::New(start(decide_for(&p, Some(&b)))),
+        Some(key.clone()),
+    )
+    .await;
+    let writes = probe.registry.writes();
+    let sig_put = writes.iter().position(|w| w.contains(".sig")).expect("the .sig manifest was pushed");
+    let first_tag = writes
+        .iter()
+        .position(|w| {
+            w.starts_with("put ") && w.contains(&format!("{STABLE}:")) && !w.contains(&format!("{STABLE}:sha256"))
+        })
+        .expect("tags were written");
+    assert!(sig_put < first_tag, "signature before any stable tag: {writes:#?}");
+    let status = probe_journal.status.clone();
+    let stable = status.stable.as_ref().unwrap();
+    assert_eq!(stable.signature, Some(format!("{STABLE}:{}.sig", w.image.replace(':', "-"))));
+    assert_eq!(stable.signature_key, Some(key.public().fingerprint()));
+    assert_eq!(status.history[0].signature, stable.signature);
+    let signed = find(&status.conditions, "Signed").unwrap();
+    assert_eq!((signed.status.as_str(), signed.reason.as_str()), ("True", reasons::SIGNED));
+
+    w.registry.outage_after(Some(sig_put + 1));
+    let driven = reconcile_signed(&w.registry, &mut journal, Begin::New(s), Some(key.clone())).await;
+    let Outcome::RegistryFailed { transient: true, in_progress: Some(progress), .. } = &driven.outcome else {
+        panic!("{:?}", driven.outcome)
+    };
+    assert!(w.registry.tags(STABLE).keys().all(|t| t.ends_with(".sig")), "no stable tag yet");
+    let sign = progress.steps.iter().find(|s| s.name == "sign").unwrap();
+    assert_eq!(sign.state, StepState::Done);
+    assert_eq!(progress.signing_key, Some(key.public().fingerprint()));
+
+    // Resumed without the key (or with another one): stalled, nothing written.
+    w.registry.outage_after(None);
+    let before = w.registry.writes().len();
+    for other in [None, Some(PrivateKey::for_tests(6))] {
+        let driven = reconcile_signed(&w.registry, &mut journal, Begin::Resume(progress.clone()), other).await;
+        assert!(
+            matches!(
+                &driven.outcome,
+                Outcome::RegistryFailed {
+                    reason: reasons::SIGNING_KEY_CHANGED,
+                    transient: false,
+                    in_progress: Some(_),
+                    ..
+                }
+            ),
+            "{:?}",
+            driven.outcome
+        );
+    }
+    assert_eq!(w.registry.writes().len(), before);
+
+    // Resumed with the key: the signature is not made again, the tags move.
+    let driven = reconcile_signed(&w.registry, &mut journal, Begin::Resume(progress.clone()), Some(key.clone())).await;
+    assert!(matches!(driven.outcome, Outcome::Promoted(_)), "{:?}", driven.outcome);
+    let attachment = crate::signing::read(&w.registry, &stable_repo, &w.image).await.unwrap();
+    assert_eq!(attachment.layers.len(), 1, "one signature");
+    assert!(attachment.verified_by(&key.public(), STABLE, &w.image).is_some());
+    assert_eq!(w.registry.tags(STABLE)["latest"], w.image);
+}
+
+#[test]
+fn promoted_without_signing_is_a_distinct_unsigned_condition() {
+    let progress = PromotionProgress {
+        run: 7,
+        source_revision: REV.into(),
+        candidate_image: format!("{CANDIDATE}@{}", digest('7')),
+        candidate_digest: digest('7'),
+        candidate_akmods: None,
+        stable_akmods: None,
+        stable_repository: STABLE.into(),
+        tags: vec!["latest".into()],
+        audit_tag: "stable-7-02701fe".into(),
+        expected_stable_digest: "absent".into(),
+        started_at: at(0),
+        signing_key: None,
+        steps: vec![],
+    };
+    let stable = stable_after(&progress, at(1));
+    let status = next_status(&PromotionStatus::default(), Some(1), &Outcome::Promoted(Box::new(stable)), &at(1));
+    let signed = find(&status.conditions, "Signed").unwrap();
+    assert_eq!((signed.status.as_str(), signed.reason.as_str()), ("False", reasons::UNSIGNED));
+    assert!(signed.message.contains("promoted but unsigned"), "{}", signed.message);
 }

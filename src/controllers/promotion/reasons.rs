@@ -39,6 +39,17 @@ pub const CONFLICTING_PROMOTION: &str = "ConflictingPromotion";
 pub const INVALID_SPEC: &str = "InvalidSpec";
 /// `status.inProgress` cannot be turned back into a request (edited by hand).
 pub const INVALID_PROGRESS: &str = "InvalidProgress";
+// `Stalled` reasons of signing (nothing was written: the key is read before the first write).
+/// `SigningKeyMissing`: `spec.signing.keySecretRef` names a Secret that does not exist or lacks
+/// `cosign.key`. `SigningKeyUnreadable`: the key does not decrypt (wrong `cosign.password`) or
+/// is not a cosign ECDSA P-256 key.
+pub use crate::controllers::signing::{SIGNING_KEY_MISSING, SIGNING_KEY_UNREADABLE};
+/// A promotion in flight signs with another key than the Secret holds now.
+pub const SIGNING_KEY_CHANGED: &str = "SigningKeyChanged";
+/// `Signed` True: the stable digest has a verified signature.
+pub const SIGNED: &str = "Signed";
+/// `Signed` False: the stable digest was promoted without signing (no `spec.signing`).
+pub const UNSIGNED: &str = "Unsigned";
 // `Stalled` reasons of the registry that are not refusals.
 /// 401/403, or the credentials Secret is missing or unusable.
 pub const REGISTRY_UNAUTHORIZED: &str = "RegistryUnauthorized";

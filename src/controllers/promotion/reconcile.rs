@@ -21,13 +21,18 @@ use super::drive::{Begin, Driven, Journal, drive};
 use super::plan::{Decision, Input, Outcome, decide, events, next_status};
 use super::reasons;
 use super::trust;
-use crate::api::promotion::{PromotionProgress, PromotionStatus};
+use crate::api::promotion::{PromotionProgress, PromotionStatus, StableState};
 use crate::api::{Promotion, ZfsImageBuild};
 use crate::controllers::decoded::{Decoded, record_unreadable};
 use crate::controllers::runtime::{CACHE_RETRY, CACHE_WAIT, MAX_EVENT_NOTE, ready, secret_credentials, truncate};
+use crate::controllers::signing::read_key;
+use crate::jobs;
 use crate::jobs::{LABEL_BUILD, LABEL_STEP, MANAGER, STEP_RUN_RECORD, build_label_value};
+use crate::pipeline::provenance::{self, StableSection};
 use crate::pipeline::records::{PROVENANCE_KEY, RecordedRun, parse_provenance};
-use crate::registry::OciRegistry;
+use crate::pipeline::targets::CACHE_TAG_PREFIX;
+use crate::registry::{ImageRef, OciRegistry};
+use crate::signing::PrivateKey;
 
 /// A short pause before looking at the channel again after a promotion completed (a newer run
 /// may have arrived while it was in flight).
@@ -197,6 +202,29 @@ async fn reconcile_promotion(namespace: &str, name: &str, ctx: &Context) -> Resu
         Begin::New(_) => None,
     };
 
+    // The signing key before anything is written (R12.1): missing or unreadable stalls the
+    // promotion with nothing moved; a promotion in flight stays recorded for when it is fixed.
+    let signing = match &promotion.spec.signing {
+        None => None,
+        Some(spec) => {
+            let secret = &spec.key_secret_ref.name;
+            match read_key(&ctx.client, namespace, secret, "spec.signing.keySecretRef").await? {
+                Ok(key) => Some(key),
+                Err(problem) => {
+                    warn!(reason = problem.reason, "signing key unusable");
+                    let outcome = Outcome::RegistryFailed {
+                        reason: problem.reason,
+                        message: problem.message,
+                        transient: false,
+                        in_progress: in_progress.clone(),
+                    };
+                    journal.record(&outcome).await?;
+                    return Ok(Reconciled::SettledAfter(ctx.timing.recheck));
+                }
+            }
+        }
+    };
+
     // Registry: the build's credentials (a promotion in flight whose build was deleted goes on
     // with the operator's own credentials).
     let registry = match checked_with {
@@ -206,7 +234,17 @@ async fn reconcile_promotion(namespace: &str, name: &str, ctx: &Context) -> Resu
             Err(message) => return unusable_credentials(&mut journal, message, in_progress, ctx).await,
         },
     };
-    let Driven { outcome, retry_after } = drive(registry.as_ref(), &mut journal, begin).await?;
+    let Driven { outcome, retry_after } = drive(registry.as_ref(), &mut journal, begin, signing.clone()).await?;
+    let outcome = match outcome {
+        Outcome::Promoted(mut stable) => {
+            stable.provenance = match build {
+                Some(build) => publish_provenance(build, &stable, signing.as_ref(), registry.as_ref(), ctx).await?,
+                None => None,
+            };
+            Outcome::Promoted(stable)
+        }
+        other => other,
+    };
     journal.record(&outcome).await?;
     Ok(match &outcome {
         Outcome::Promoted(stable) => {
@@ -263,6 +301,66 @@ async fn read_records(build: &ZfsImageBuild, ctx: &Context) -> Result<Vec<Record
     debug!(records = records.len(), "run records read");
     Ok(records)
 }
+
+/// R13: the run record's `build-provenance.json` gets the stable section and is pushed next to
+/// the stable digest as a signed OCI artifact. The promotion is complete already, so a failure
+/// here is logged and reported in status (no `provenance`), never undone.
+async fn publish_provenance(
+    build: &ZfsImageBuild,
+    stable: &StableState,
+    key: Option<&PrivateKey>,
+    registry: &OciRegistry,
+    ctx: &Context,
+) -> Result<Option<String>, Error> {
+    let namespace = build.namespace().unwrap_or_default();
+    let name = jobs::run_record_name(&build.name_any(), stable.run);
+    let config_maps = Api::<ConfigMap>::namespaced(ctx.client.clone(), &namespace);
+    let Some(cm) = config_maps.get_opt(&name).await? else {
+        warn!(config_map = %name, "no run record: provenance not published");
+        return Ok(None);
+    };
+    let owned =
+        cm.owner_references().iter().any(|o| o.controller == Some(true) && Some(&o.uid) == build.uid().as_ref());
+    let Some(document) = cm.data.as_ref().and_then(|d| d.get(PROVENANCE_KEY)).filter(|_| owned) else {
+        warn!(config_map = %name, "the run record has no provenance of the build: not published");
+        return Ok(None);
+    };
+    let fedora = parse_provenance(document).map(|r| r.fedora_version).unwrap_or_default();
+    let repository = stable.image.split_once('@').map_or(stable.image.as_str(), |(r, _)| r).to_string();
+    let akmods = stable.akmods_image.as_deref().and_then(|a| a.split_once('@')).zip(stable.akmods_digest.as_deref());
+    let akmods_tag = format!("{CACHE_TAG_PREFIX}-{fedora}");
+    let section = StableSection::promoted(
+        &repository,
+        stable.tags.first().map(String::as_str).unwrap_or("latest"),
+        &stable.image_digest,
+        &stable.audit_tag,
+        akmods.map(|((repo, _), digest)| (repo, akmods_tag.as_str(), digest)),
+        stable.signature.clone(),
+    );
+    let text = match provenance::with_stable(document, &section) {
+        Ok(text) => text,
+        Err(e) => {
+            warn!(config_map = %name, error = %e, "provenance not published");
+            return Ok(None);
+        }
+    };
+    let patch = json!({"data": {PROVENANCE_KEY: text}});
+    config_maps.patch(&name, &PatchParams::apply(PROVENANCE_MANAGER), &Patch::Merge(patch)).await?;
+    let Ok(repo) = ImageRef::parse(&repository) else { return Ok(None) };
+    match provenance::push(registry, &repo, &stable.image_digest, &text, key).await {
+        Ok(pushed) => {
+            info!(artifact = %pushed.artifact, referrers_api = pushed.referrers_api, "provenance pushed");
+            Ok(Some(pushed.artifact))
+        }
+        Err(e) => {
+            warn!(error = %e, "provenance not pushed");
+            Ok(None)
+        }
+    }
+}
+
+/// Field manager of the run record's stable section (the build owns the rest of the ConfigMap).
+const PROVENANCE_MANAGER: &str = "kinoite-zfs-operator-promotion";
 
 /// The registry client for the build: its credentials Secret when it names one, else the
 /// operator's `--registry-config`. `Err(message)` when the Secret is missing or unusable (the

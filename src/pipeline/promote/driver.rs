@@ -50,6 +50,21 @@ pub struct AkmodsReport {
     pub stable: TagReport,
 }
 
+/// The signature of the stable digest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SignatureReport {
+    /// `repository:sha256-<hex>.sig`.
+    pub reference: String,
+    /// Fingerprint of the signing key's public key.
+    pub key: String,
+    /// Digest of the `.sig` manifest holding the verified signature (absent until signed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub manifest_digest: Option<String>,
+    /// Whether this run wrote it (false: it was already there, or the step did not run).
+    pub written: bool,
+}
+
 /// One step as executed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -88,6 +103,12 @@ pub struct PromotionReport {
     pub audit_tag: Option<TagReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub akmods: Option<AkmodsReport>,
+    /// With signing: the signature of the stable digest.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signature: Option<SignatureReport>,
+    /// The provenance artifact pushed after the promotion (`promote --provenance`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<crate::pipeline::provenance::Pushed>,
     /// Blobs of the image and akmods copies.
     pub blobs: BlobCounts,
     /// Manifests pushed (by digest and under tags).
@@ -153,6 +174,18 @@ impl PromotionReport {
                 candidate_digest: None,
                 stable: TagReport { reference: a.stable.to_string(), digest: None, written: false },
             }),
+            signature: match (&request.signing, request.candidate.digest()) {
+                (Some(key), Some(digest)) => Some(SignatureReport {
+                    reference: crate::signing::signature_tag(digest)
+                        .map(|tag| format!("{}:{tag}", request.stable.name()))
+                        .unwrap_or_default(),
+                    key: key.public().fingerprint(),
+                    manifest_digest: None,
+                    written: false,
+                }),
+                _ => None,
+            },
+            provenance: None,
             blobs: BlobCounts::default(),
             manifests_pushed: 0,
             steps: Vec::new(),
@@ -187,6 +220,10 @@ impl PromotionReport {
         self.blobs.merge(outcome.blobs);
         self.manifests_pushed += outcome.manifests_pushed;
         let digest = outcome.digest.clone().or_else(|| plan.step_digest(kind));
+        if let (StepKind::Sign, Some(signature)) = (kind, &mut self.signature) {
+            signature.manifest_digest = outcome.digest.clone();
+            signature.written |= outcome.wrote;
+        }
         if let Some(tag) = self.tag_mut(kind) {
             tag.digest = digest;
             tag.written |= outcome.wrote;
@@ -201,7 +238,7 @@ impl PromotionReport {
                 self.tags.iter_mut().find(|t| t.reference.ends_with(&suffix))
             }
             StepKind::AkmodsTag => self.akmods.as_mut().map(|a| &mut a.stable),
-            StepKind::CopyImage | StepKind::CopyAkmods | StepKind::Confirm => None,
+            StepKind::CopyImage | StepKind::CopyAkmods | StepKind::Sign | StepKind::Confirm => None,
         }
     }
 
@@ -211,6 +248,11 @@ impl PromotionReport {
                 self.result = PromotionOutcome::Refused;
                 self.reason = Some(reason.to_string());
                 self.message = Some(message.clone());
+            }
+            Error::Signing { .. } => {
+                self.result = PromotionOutcome::Refused;
+                self.reason = error.refusal().map(|r| r.to_string());
+                self.message = Some(error.to_string());
             }
             other => {
                 self.result = PromotionOutcome::Failed;

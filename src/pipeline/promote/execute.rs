@@ -84,6 +84,7 @@ pub async fn execute_step<R: RegistryClient + ?Sized>(
             let (content, alignment) = akmods(plan)?;
             write_tag(registry, &step, &alignment.stable, content, Guard::None).await
         }
+        StepKind::Sign => sign(registry, plan).await,
         StepKind::Confirm => confirm(registry, plan).await,
     }
 }
@@ -217,6 +218,23 @@ async fn write_tag<R: RegistryClient + ?Sized>(
     Ok(StepOutcome { wrote: true, digest: reread, blobs: BlobCounts::default(), manifests_pushed: 1 })
 }
 
+/// Signs the candidate digest in the stable repository (nothing when our signature is there)
+/// and verifies it read back. The step's digest is the `.sig` manifest's.
+async fn sign<R: RegistryClient + ?Sized>(registry: &R, plan: &Plan) -> Result<StepOutcome, Error> {
+    let Some(key) = &plan.request.signing else {
+        return Err(Error::Request("no signing key given".into()));
+    };
+    let signed = crate::signing::sign(registry, &plan.request.stable, plan.image_digest(), key)
+        .await
+        .map_err(|e| Error::signing("sign", e))?;
+    Ok(StepOutcome {
+        wrote: signed.wrote,
+        digest: Some(signed.manifest_digest),
+        blobs: BlobCounts::default(),
+        manifests_pushed: u32::from(signed.wrote),
+    })
+}
+
 /// Re-reads every tag the promotion writes; all must point where the plan put them.
 async fn confirm<R: RegistryClient + ?Sized>(registry: &R, plan: &Plan) -> Result<StepOutcome, Error> {
     let request = &plan.request;
@@ -226,6 +244,21 @@ async fn confirm<R: RegistryClient + ?Sized>(registry: &R, plan: &Plan) -> Resul
     }
     if let Ok((content, alignment)) = akmods(plan) {
         expected.push((alignment.stable.clone(), content.digest()));
+    }
+    if let Some(key) = &plan.request.signing {
+        let verified = crate::signing::verify(registry, &request.stable, plan.image_digest(), &key.public())
+            .await
+            .map_err(|e| Error::signing("confirm", e))?;
+        if verified.is_none() {
+            return Err(refused(
+                RefusalReason::SignatureNotVerified,
+                format!(
+                    "{}@{} has no signature that the signing key verifies any more: another writer replaced the .sig tag",
+                    request.stable.name(),
+                    plan.image_digest()
+                ),
+            ));
+        }
     }
     for (reference, want) in &expected {
         let found = head(registry, reference).await?;

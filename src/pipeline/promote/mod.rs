@@ -24,7 +24,9 @@ mod request;
 #[cfg(test)]
 mod tests;
 
-pub use driver::{AkmodsReport, PromotionOutcome, PromotionReport, PromotionRun, StepReport, TagReport, promote};
+pub use driver::{
+    AkmodsReport, PromotionOutcome, PromotionReport, PromotionRun, SignatureReport, StepReport, TagReport, promote,
+};
 pub use execute::{BlobCounts, StepOutcome, execute_step};
 pub use observe::{AkmodsObserved, Content, Observed, Source, TagState, observe};
 pub use plan::{Plan, RefusalReason, Step, StepKind, plan};
@@ -39,6 +41,14 @@ pub enum Error {
     /// The request itself is unusable (bad reference, tag, expectation).
     #[error("invalid promotion request: {0}")]
     Request(String),
+    /// A signature could not be made or does not verify (the reason is `SignatureNotVerified`
+    /// or `SignatureAttachmentInvalid`); no stable tag moved.
+    #[error("{step}: {source}")]
+    Signing {
+        step: String,
+        #[source]
+        source: Box<crate::signing::Error>,
+    },
     /// A precondition does not hold. Raised by the planner before any write; raised by a step
     /// only when another writer changed a tag while the promotion ran.
     #[error("promotion refused ({reason}): {message}")]
@@ -58,6 +68,14 @@ impl Error {
         Error::Registry { step: step.to_string(), source: Box::new(source) }
     }
 
+    /// A signing error: its registry failures stay registry errors (transient ones are retried).
+    fn signing(step: &str, source: crate::signing::Error) -> Error {
+        match source {
+            crate::signing::Error::Registry { source, .. } => Error::Registry { step: step.to_string(), source },
+            other => Error::Signing { step: step.to_string(), source: Box::new(other) },
+        }
+    }
+
     /// Rate limited or unreachable: retry later (a resumed promotion continues where it stopped).
     pub fn is_transient(&self) -> bool {
         matches!(self, Error::Registry { source, .. } if source.is_transient())
@@ -67,6 +85,10 @@ impl Error {
     pub fn refusal(&self) -> Option<RefusalReason> {
         match self {
             Error::Refused { reason, .. } => Some(*reason),
+            Error::Signing { source, .. } => Some(match **source {
+                crate::signing::Error::Attachment { .. } => RefusalReason::SignatureAttachmentInvalid,
+                _ => RefusalReason::SignatureNotVerified,
+            }),
             _ => None,
         }
     }

@@ -84,6 +84,9 @@ pub struct Observed {
     pub tags: Vec<TagState>,
     pub audit: Option<TagState>,
     pub akmods: Option<AkmodsObserved>,
+    /// With signing: whether the stable repository holds a signature of the candidate digest
+    /// that the signing key's public key verifies (`None`: no signing asked for).
+    pub signed: Option<bool>,
 }
 
 /// Reads everything [`super::plan`] needs. Read-only.
@@ -115,7 +118,16 @@ pub async fn observe<R: RegistryClient + ?Sized>(registry: &R, request: &Promoti
             Some(AkmodsObserved { source, in_stable, stable_tag })
         }
     };
-    Ok(Observed { image, image_in_stable, tags, audit, akmods })
+    let signed = match (&request.signing, request.candidate.digest()) {
+        (Some(key), Some(digest)) => Some(
+            crate::signing::verify(registry, &request.stable, digest, &key.public())
+                .await
+                .map_err(|e| Error::signing("read the stable signatures", e))?
+                .is_some(),
+        ),
+        _ => None,
+    };
+    Ok(Observed { image, image_in_stable, tags, audit, akmods, signed })
 }
 
 /// What `repository:tag` points at.

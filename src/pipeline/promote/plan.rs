@@ -7,6 +7,10 @@
 //! Order of the writes (why: docs/decisions.md, "Promotion"):
 //! 1. `copy-image`, `copy-akmods`: content by digest into the stable repositories. Invisible to
 //!    anyone pulling by tag, so a failure here leaves nothing moved.
+//!    Then `sign` (when a signing key is given): the candidate digest signed in the stable
+//!    repository and verified with the public key; before any tag, so a host never sees a stable
+//!    tag on an unsigned digest (H6). The registry shows whether it is done, so a resumed
+//!    promotion neither signs twice nor skips it.
 //! 2. `audit-tag`: the immutable record, written before any channel moves, so a stable tag never
 //!    points at a digest without its audit tag.
 //! 3. `tag:<first>` (compare-and-swap guarded), then `tag:<other>`...: the channel moves.
@@ -39,6 +43,10 @@ pub enum RefusalReason {
     AuditTagConflict,
     /// A tag written by this promotion was found at another digest when re-read.
     TagChanged,
+    /// The signature written in the stable repository does not verify with the key's public key.
+    SignatureNotVerified,
+    /// The stable repository's `.sig` tag holds something hosts reject (not an OCI manifest).
+    SignatureAttachmentInvalid,
 }
 
 impl RefusalReason {
@@ -51,6 +59,8 @@ impl RefusalReason {
             RefusalReason::StableTagMoved => "StableTagMoved",
             RefusalReason::AuditTagConflict => "AuditTagConflict",
             RefusalReason::TagChanged => "TagChanged",
+            RefusalReason::SignatureNotVerified => "SignatureNotVerified",
+            RefusalReason::SignatureAttachmentInvalid => "SignatureAttachmentInvalid",
         }
     }
 }
@@ -69,6 +79,8 @@ pub enum StepKind {
     CopyImage,
     /// The same for the candidate akmods into the stable akmods repository.
     CopyAkmods,
+    /// The candidate digest signed in the stable repository, and verified.
+    Sign,
     /// The immutable audit tag.
     AuditTag,
     /// A stable tag; `guarded` for the first one (compare-and-swap).
@@ -85,6 +97,7 @@ impl StepKind {
         match self {
             StepKind::CopyImage => "copy-image".into(),
             StepKind::CopyAkmods => "copy-akmods".into(),
+            StepKind::Sign => "sign".into(),
             StepKind::AuditTag => "audit-tag".into(),
             StepKind::StableTag { tag, .. } => format!("tag:{tag}"),
             StepKind::AkmodsTag => "akmods-tag".into(),
@@ -146,7 +159,7 @@ impl Plan {
         match kind {
             StepKind::AuditTag | StepKind::StableTag { .. } => Some(self.image_digest().to_string()),
             StepKind::AkmodsTag => self.akmods_digest().map(str::to_string),
-            StepKind::CopyImage | StepKind::CopyAkmods | StepKind::Confirm => None,
+            StepKind::CopyImage | StepKind::CopyAkmods | StepKind::Sign | StepKind::Confirm => None,
         }
     }
 
@@ -178,6 +191,7 @@ impl Plan {
             audit_tag,
             expected_stable_digest: self.expected_stable.clone().unwrap_or_else(|| ABSENT.to_string()),
             started_at,
+            signing_key: request.signing.as_ref().map(|k| k.public().fingerprint()),
             steps: self.progress_steps(),
         })
     }
@@ -251,6 +265,9 @@ pub fn plan(request: &PromotionRequest, observed: &Observed) -> Result<Plan, Err
     let mut steps = vec![Step { kind: StepKind::CopyImage, done: observed.image_in_stable }];
     if let (Some(_), Some(state)) = (&akmods, &observed.akmods) {
         steps.push(Step { kind: StepKind::CopyAkmods, done: state.in_stable });
+    }
+    if request.signing.is_some() {
+        steps.push(Step { kind: StepKind::Sign, done: observed.signed == Some(true) });
     }
     if request.audit_tag.is_some() {
         steps.push(Step { kind: StepKind::AuditTag, done: at(observed.audit.as_ref(), &candidate) });
@@ -360,6 +377,7 @@ mod tests {
                 in_stable: false,
                 stable_tag: tag("main-43", Some('0')),
             }),
+            signed: None,
         }
     }
 

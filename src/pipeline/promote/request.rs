@@ -7,6 +7,7 @@
 use super::Error;
 use crate::api::promotion::PromotionProgress;
 use crate::registry::ImageRef;
+use crate::signing::PrivateKey;
 
 /// How `expectedStableDigest` and `--expect-stable-digest` spell "the tag must not exist".
 pub const ABSENT: &str = "absent";
@@ -59,6 +60,9 @@ pub struct PromotionRequest {
     pub audit_tag: Option<String>,
     pub akmods: Option<AkmodsAlignment>,
     pub expect: StableExpectation,
+    /// Sign the candidate digest in the stable repository before any tag moves (the key is
+    /// decrypted before the request exists, so a bad key never starts a promotion).
+    pub signing: Option<PrivateKey>,
 }
 
 impl PromotionRequest {
@@ -99,6 +103,7 @@ impl PromotionRequest {
             audit_tag: audit_tag.map(str::to_string),
             akmods,
             expect: expect.map(StableExpectation::parse).transpose()?.unwrap_or(StableExpectation::Observed),
+            signing: None,
         };
         request.validate()?;
         Ok(request)
@@ -134,6 +139,12 @@ impl PromotionRequest {
             akmods,
             Some(&progress.expected_stable_digest),
         )
+    }
+
+    /// The same request, signed with `key`.
+    pub fn with_signing(mut self, key: Option<PrivateKey>) -> PromotionRequest {
+        self.signing = key;
+        self
     }
 
     fn validate(&self) -> Result<(), Error> {

@@ -127,6 +127,32 @@ async fn a_crash_after_any_write_resumes_to_the_same_state_without_duplicates() 
     }
 }
 
+/// H6 with signing: a crash after any write, then a resume. At every crash point a stable or
+/// audit tag exists only on a digest whose signature verifies; the resume signs exactly once.
+#[tokio::test]
+async fn with_signing_no_crash_point_shows_a_tag_on_an_unsigned_digest() {
+    let key = crate::signing::PrivateKey::for_tests(8);
+    let stable = crate::registry::ImageRef::parse(STABLE).unwrap();
+    let signed_request = |w: &World| request(w, "absent").with_signing(Some(key.clone()));
+    let clean = world();
+    assert!(promote(&clean.registry, &signed_request(&clean)).await.error.is_none());
+    let total = clean.registry.writes().len();
+    for crash_after in 0..total {
+        let w = world();
+        w.registry.outage_after(Some(crash_after));
+        assert!(promote(&w.registry, &signed_request(&w)).await.error.expect("stopped").is_transient());
+        let tagged = w.registry.tags(STABLE).keys().any(|t| !t.ends_with(".sig"));
+        let signed = crate::signing::verify(&w.registry, &stable, &w.candidate, &key.public()).await.unwrap().is_some();
+        assert!(!tagged || signed, "crash after {crash_after}: a stable tag on an unsigned digest");
+        w.registry.outage_after(None);
+        let resumed = promote(&w.registry, &signed_request(&w)).await;
+        assert!(resumed.error.is_none(), "crash after {crash_after}: {:?}", resumed.error);
+        let attachment = crate::signing::read(&w.registry, &stable, &w.candidate).await.unwrap();
+        assert_eq!(attachment.layers.len(), 1, "crash after {crash_after}: signed exactly once");
+        assert_eq!(w.registry.tags(STABLE)["latest"], w.candidate);
+    }
+}
+
 #[tokio::test]
 async fn refusals_write_nothing() {
     // Compare-and-swap mismatch.
