@@ -36,10 +36,7 @@ pub async fn check_cache<R: RegistryClient + ?Sized>(
         Ok(query) => query,
         Err(err) => return failed(FailureClass::Permanent, err.to_string()),
     };
-    match cache::check_cache(registry, &query, memory).await {
-        Ok(check) => WorkOutcome::Cache(check.verdict),
-        Err(err) => failed(FailureClass::of(err.class()), err.to_string()),
-    }
+    cache_outcome(cache::check_cache(registry, &query, memory).await)
 }
 
 /// [`super::work::RegistryWork::ConfirmAkmods`]: the cache decision on the reported digest with
@@ -53,7 +50,12 @@ pub async fn confirm_akmods<R: RegistryClient + ?Sized>(
         Ok(query) => query,
         Err(err) => return failed(FailureClass::Permanent, err.to_string()),
     };
-    match cache::confirm_by_content(registry, &query, memory).await {
+    cache_outcome(cache::confirm_by_content(registry, &query, memory).await)
+}
+
+/// A cache decision as a work outcome: the verdict, or `Failed` with the registry's class.
+fn cache_outcome(decision: Result<cache::CacheCheck, cache::Error>) -> WorkOutcome {
+    match decision {
         Ok(check) => WorkOutcome::Cache(check.verdict),
         Err(err) => failed(FailureClass::of(err.class()), err.to_string()),
     }
